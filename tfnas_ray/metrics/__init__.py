@@ -1,0 +1,209 @@
+"""Training-free metrics: one registry, one module per metric family.
+
+A metric is a pure function of a `MetricContext` (which holds the architecture, the
+seed, the device and the metric minibatch) returning a float. The context builds the
+model under the seed and caches *passes* — forward/backward computations that several
+metrics read — so metrics scored together share one pass instead of rerunning it.
+
+A metric name can have one implementation per search space (`jacob_cov` exists for RNN
+cells and for transformers); the name is what `--metric` takes and what the scores
+table says.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import importlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.registry import Registry
+
+
+class Direction(str, enum.Enum):
+    """Which way a metric is expected to point: does a higher value predict a better
+    trained model (lower loss, higher GLUE)? Declared, never assumed by the analysis:
+    correlations are always reported signed."""
+
+    HIGHER = "higher-is-better"
+    LOWER = "lower-is-better"
+
+
+@dataclass(frozen=True)
+class MetricImpl:
+    """One space's implementation of a metric."""
+
+    fn: Callable[["MetricContext"], float]
+    needs: tuple[str, ...]  # names of the passes it reads (shared between metrics)
+    cost: str  # what it runs, for `tfnas metrics`: "forward", "forward+backward", …
+
+
+@dataclass
+class Metric:
+    """A metric name with its declared direction and per-space implementations."""
+
+    name: str
+    direction: Direction
+    summary: str  # one line: formula and source
+    impls: dict[str, MetricImpl] = field(default_factory=dict)
+
+    def impl(self, space: str) -> MetricImpl:
+        if space not in self.impls:
+            raise TfnasError(
+                f"metric {self.name!r} is not defined for space {space!r}; "
+                f"it is defined for: {', '.join(sorted(self.impls))}"
+            )
+        return self.impls[space]
+
+
+METRICS: Registry[Metric] = Registry("metric")
+PASSES: Registry[Callable[["MetricContext"], Any]] = Registry("pass")  # key: "space/pass"
+BATCHES: Registry[Callable[[Mapping[str, Any]], Any]] = Registry("metric batch")  # key: space
+
+_METRIC_MODULES: Sequence[str] = (
+    "tfnas_ray.metrics.rnn_paper",
+    "tfnas_ray.metrics.rnn_standard",
+    "tfnas_ray.metrics.transformer",
+)
+
+
+def load_metrics() -> Registry[Metric]:
+    """Import every metric module (idempotent) and return the registry."""
+    for module in _METRIC_MODULES:
+        importlib.import_module(module)
+    return METRICS
+
+
+def get_metric(name: str) -> Metric:
+    return load_metrics().get(name)
+
+
+def register_metric(
+    name: str,
+    *,
+    space: str,
+    direction: Direction,
+    summary: str,
+    needs: Sequence[str] = (),
+    cost: str = "",
+) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
+    """Register `fn(ctx) -> float` as the implementation of metric `name` for `space`.
+
+    The first registration of a name fixes its direction and summary; a later one for
+    another space must declare the same direction. (name, space) may be registered once.
+    """
+
+    def decorator(fn: Callable[["MetricContext"], float]) -> Callable[["MetricContext"], float]:
+        if name in METRICS:
+            metric = METRICS.get(name)
+            if metric.direction != direction:
+                raise TfnasError(
+                    f"metric {name!r} declared {direction.value} for space {space!r} "
+                    f"but {metric.direction.value} elsewhere"
+                )
+        else:
+            metric = Metric(name=name, direction=direction, summary=summary)
+            METRICS.add(name, metric)
+        if space in metric.impls:
+            raise TfnasError(f"metric {name!r} is already registered for space {space!r}")
+        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost)
+        return fn
+
+    return decorator
+
+
+def register_pass(space: str, name: str) -> Callable[[Callable], Callable]:
+    """Register a shared pass `fn(ctx) -> artifact` under `space/name`."""
+
+    def decorator(fn: Callable[["MetricContext"], Any]) -> Callable[["MetricContext"], Any]:
+        PASSES.add(f"{space}/{name}", fn)
+        return fn
+
+    return decorator
+
+
+def register_batch(space: str) -> Callable[[Callable], Callable]:
+    """Register the function that builds `space`'s metric minibatch from options."""
+
+    def decorator(fn: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], Any]:
+        BATCHES.add(space, fn)
+        return fn
+
+    return decorator
+
+
+class MetricContext:
+    """Everything a metric may read for one architecture, with shared, cached passes.
+
+    The model is built once under `seed` (torch's global generator is forked, so the
+    caller's random state is untouched) and every `model()` call returns a fresh copy
+    of that pristine model, so no metric sees another's gradients or mutations.
+
+    Attributes:
+        space: the space's registry name.
+        spec: the canonical spec.
+        seed: the seed the model is initialised with.
+        device: the torch device metrics run on.
+        batch: the space's metric minibatch (on CPU; passes move it to `device`).
+        options: space-specific model options (e.g. `as_trained` for nb-bert).
+        pass_counts: how many times each pass actually ran (1 when shared).
+    """
+
+    def __init__(
+        self,
+        space: str,
+        spec: str,
+        *,
+        seed: int,
+        batch: Any,
+        device: str | torch.device = "cpu",
+        options: Mapping[str, Any] | None = None,
+    ):
+        self.space = space
+        self.spec = spec
+        self.seed = int(seed)
+        self.batch = batch
+        self.device = torch.device(device)
+        self.options = dict(options or {})
+        self.pass_counts: Counter[str] = Counter()
+        self._pristine: torch.nn.Module | None = None  # built lazily, never handed out
+        self._passes: dict[str, Any] = {}  # pass name -> artifact
+
+    def model(self) -> torch.nn.Module:
+        """A fresh copy of the model as initialised under `self.seed`, on `self.device`."""
+        if self._pristine is None:
+            from tfnas_ray.spaces import get_space
+
+            space = get_space(self.space)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self._pristine = space.build(self.spec, **self.options)
+            self._pristine.to(self.device)
+        return copy.deepcopy(self._pristine)
+
+    def run_pass(self, name: str) -> Any:
+        """The artifact of pass `name`, computed on first request and then shared."""
+        if name not in self._passes:
+            fn = PASSES.get(f"{self.space}/{name}")
+            self._passes[name] = fn(self)
+            self.pass_counts[name] += 1
+        return self._passes[name]
+
+
+class MetricFailure(Exception):
+    """A metric could not produce a number for this architecture (recorded, not raised
+    to the user): a constant hidden unit, a singular matrix, a NaN."""
+
+
+def check_finite(value: float, what: str) -> float:
+    """Return `value` as a float, or raise MetricFailure naming `what` if not finite."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise MetricFailure(f"{what} is {value}")
+    return value

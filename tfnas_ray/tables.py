@@ -1,0 +1,173 @@
+"""The four Arrow tables that flow between stages, and their read/write helpers.
+
+    archs ──score──▶ scores ─┐
+      │                      ├──correlate──▶ correlations
+      └──train/benchmark──▶ truth ─┘
+
+Each schema is defined here once; every stage reads and writes through `read_table` and
+`write_table`, which check the columns and raise a one-line `TfnasError` for a missing
+file, a file that is not Parquet, or a table with the wrong columns.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfnas_ray.errors import TfnasError
+
+ARCHS = pa.schema(
+    [
+        pa.field("arch_id", pa.string(), nullable=False),  # content hash of `spec`
+        pa.field("space", pa.string(), nullable=False),  # a key of spaces.SPACES
+        pa.field("spec", pa.string(), nullable=False),  # canonical JSON
+        pa.field("source", pa.string()),  # "nb-nlp-ptb", "sample:seed=0", …
+        pa.field("benchmark_id", pa.string()),  # the benchmark's own id, if shipped
+    ]
+)
+
+SCORES = pa.schema(
+    [
+        pa.field("arch_id", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),  # a key of metrics.METRICS
+        pa.field("value", pa.float64()),  # null on failure
+        pa.field("error", pa.string()),  # why value is null; null on success
+        pa.field("seconds", pa.float64()),  # wall time of this metric's share of the work
+        pa.field("seed", pa.int64()),  # the seed the model was initialised with
+        pa.field("device", pa.string()),  # "cpu", "cuda:0", …
+        pa.field("version", pa.string()),  # tfnas_ray.__version__
+    ]
+)
+
+TRUTH = pa.schema(
+    [
+        pa.field("arch_id", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),  # "test_loss", "glue", "val_loss@3ep"
+        pa.field("value", pa.float64()),  # null when the run diverged or failed
+        pa.field("source", pa.string()),  # "nb-nlp-ptb", "tune:…"
+        pa.field("benchmark_id", pa.string()),
+        pa.field("curve", pa.list_(pa.float64())),  # per-epoch/iteration values, if any
+        pa.field("seconds", pa.float64()),  # wall time of the run that produced it
+        pa.field("status", pa.string()),  # "ok", "diverged", …
+    ]
+)
+
+CORRELATIONS = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("kendall_tau", pa.float64()),
+        pa.field("kendall_lo", pa.float64()),
+        pa.field("kendall_hi", pa.float64()),
+        pa.field("spearman_rho", pa.float64()),
+        pa.field("spearman_lo", pa.float64()),
+        pa.field("spearman_hi", pa.float64()),
+        pa.field("pearson_r", pa.float64()),
+        pa.field("direction", pa.string()),  # the metric's declared direction, if known
+    ]
+)
+
+SCHEMAS: Mapping[str, pa.Schema] = {
+    "archs": ARCHS,
+    "scores": SCORES,
+    "truth": TRUTH,
+    "correlations": CORRELATIONS,
+}
+
+
+def _schema(kind: str) -> pa.Schema:
+    if kind not in SCHEMAS:
+        raise TfnasError(f"unknown table kind {kind!r}; known: {', '.join(SCHEMAS)}")
+    return SCHEMAS[kind]
+
+
+def from_rows(kind: str, rows: Iterable[Mapping[str, object]]) -> pa.Table:
+    """Build a table of `kind` from dict rows; missing optional columns become null."""
+    schema = _schema(kind)
+    rows = list(rows)
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.table(columns, schema=schema)
+
+
+def conform(kind: str, table: pa.Table, *, what: str = "table") -> pa.Table:
+    """Return `table` with exactly the schema of `kind` (extra columns kept at the end).
+
+    Required columns must be present; optional ones that are missing are added as null.
+    Raises:
+        TfnasError: a required column is missing or cannot be cast to its type.
+    """
+    schema = _schema(kind)
+    arrays, fields = [], []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            if column.type != field.type:
+                try:
+                    column = column.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    raise TfnasError(
+                        f"{what}: column {field.name!r} has type {column.type}, "
+                        f"expected {field.type} ({err})"
+                    ) from None
+        elif not field.nullable:
+            raise TfnasError(
+                f"{what} is not a {kind} table: it lacks column {field.name!r} "
+                f"(has {', '.join(table.column_names) or 'no columns'}; "
+                f"needs {', '.join(f.name for f in schema if not f.nullable)})"
+            )
+        else:
+            column = pa.nulls(table.num_rows, field.type)
+        arrays.append(column)
+        fields.append(field)
+    for name in table.column_names:
+        if name not in schema.names:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def read_table(kind: str, path: str | os.PathLike) -> pa.Table:
+    """Read a table of `kind` from a Parquet file, or a directory of Parquet files.
+
+    Raises:
+        TfnasError: the path is missing, is not Parquet, or lacks a required column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TfnasError(f"{kind} table {str(path)!r} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise TfnasError(f"{kind} directory {str(path)!r} holds no .parquet files")
+        tables = [read_table(kind, f) for f in files]
+        return pa.concat_tables(tables, promote_options="default")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TfnasError(f"{kind} table {str(path)!r} is not a readable Parquet file: {err}") from None
+    return conform(kind, table, what=f"{kind} table {str(path)!r}")
+
+
+def write_table(kind: str, table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write `table` (conformed to `kind`) to `path` atomically: temp file, then rename.
+
+    A reader never sees a half-written file, and a killed writer leaves only a hidden
+    temporary file behind, which readers ignore.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = conform(kind, table, what=f"{kind} table")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
