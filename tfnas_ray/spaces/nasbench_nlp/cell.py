@@ -1,0 +1,188 @@
+"""One recurrent layer of a NAS-Bench-NLP cell, executed for speed.
+
+Shapes: T steps, B batch, I layer input size, H hidden size, k hidden tuple size.
+
+The parameters are stored as the reference stores them — per linear node, one weight
+per input (H, in_size) and one bias (H,) — so initialisation draws them in the
+reference order. Execution fuses them (concatenations of those tensors, never new
+parameters): every weight that reads `x` becomes one (n·H, I) matrix applied to all T
+steps in a single matmul; inside a step, every weight that
+reads the same node is one matmul as soon as that node exists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tfnas_ray.spaces.nasbench_nlp.recipe import Recipe
+
+_ACTIVATIONS = {
+    "activation_tanh": torch.tanh,
+    "activation_sigm": torch.sigmoid,
+    "activation_leaky_relu": F.leaky_relu,  # slope 0.01, as torch.nn.LeakyReLU()
+}
+
+
+class StepRecorder(Protocol):
+    """Receives tensors from inside the step loop (metrics use it; training does not)."""
+
+    def hidden(self, layer: int, step: int, h_prev_0: torch.Tensor) -> torch.Tensor:
+        """Called with h_prev_0 (B, H) as it enters each step; returns the tensor to use
+        (e.g. the same tensor made to retain its gradient)."""
+
+    def activation(self, layer: int, step: int, node: str, output: torch.Tensor) -> None:
+        """Called with every activation node's output (B, H)."""
+
+
+class MultiLinear(nn.Module):
+    """Σ_j W_j·in_j + b, one weight per input (the reference's linear node).
+
+    Initialised like `nn.Linear` per weight (kaiming uniform, a = √5), then one bias
+    uniform ±1/√fan_in of the first weight — in that order.
+    """
+
+    def __init__(self, input_sizes: list[int], hidden_size: int):
+        super().__init__()
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(hidden_size, size)) for size in input_sizes]
+        )
+        self.bias = nn.Parameter(torch.empty(hidden_size))
+        for weight in self.weights:
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(input_sizes[0])
+        nn.init.uniform_(self.bias, -bound, bound)
+
+
+class RecurrentLayer(nn.Module):
+    """One layer: runs a recipe's step over a sequence.
+
+    Args:
+        recipe: the validated cell.
+        input_size: I, the size of `x`.
+        hidden_size: H, the size of every node other than `x`.
+        weight_drop: dropout probability on every linear weight that does not read `x`
+            (AWD-LSTM's DropConnect on recurrent weights; NAS-Bench-NLP's wdrop).
+    """
+
+    def __init__(self, recipe: Recipe, input_size: int, hidden_size: int, weight_drop: float = 0.0):
+        super().__init__()
+        self.recipe = recipe
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.weight_drop = weight_drop
+        # Reference order: every linear node's weights then bias, in recipe order.
+        self.linears = nn.ModuleDict()
+        for node in recipe.nodes:
+            if node.op == "linear":
+                sizes = [input_size if i == "x" else hidden_size for i in node.inputs]
+                self.linears[_key(node.name)] = MultiLinear(sizes, hidden_size)
+        # The layer's reset (CustomRNN.reset_parameters): everything re-drawn U(±1/√H).
+        stdv = 1.0 / math.sqrt(hidden_size)
+        for param in self.parameters():
+            nn.init.uniform_(param, -stdv, stdv)
+        self._plan_fusion()
+
+    def _plan_fusion(self) -> None:
+        """Group (node, input position) pairs by the node they read."""
+        self._x_readers: list[tuple[str, int]] = []  # (node, j) with input j == "x"
+        self._readers: dict[str, list[tuple[str, int]]] = {}  # source -> (node, j)
+        for node in self.recipe.nodes:
+            if node.op != "linear":
+                continue
+            for j, source in enumerate(node.inputs):
+                if source == "x":
+                    self._x_readers.append((node.name, j))
+                else:
+                    self._readers.setdefault(source, []).append((node.name, j))
+
+    def _weight(self, node: str, j: int) -> torch.Tensor:
+        weight = self.linears[_key(node)].weights[j]
+        if self.recipe.node(node).inputs[j] != "x" and self.weight_drop and self.training:
+            weight = F.dropout(weight, p=self.weight_drop, training=True)
+        return weight
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        hidden: tuple[torch.Tensor, ...],
+        *,
+        layer_index: int = 0,
+        recorder: StepRecorder | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the cell over `inputs` (T, B, I) from `hidden` (k tensors of (B, H)).
+
+        Returns:
+            outputs (T, B, H): h_new_0 after every step; the final hidden tuple.
+        """
+        T, B, _ = inputs.shape
+        H = self.hidden_size
+        recipe = self.recipe
+
+        # All steps' x-projections in one matmul: (T·B, I) @ (I, n·H) -> (T, B, n·H).
+        x_slices: dict[str, list[torch.Tensor]] = {}
+        if self._x_readers:
+            weights = torch.cat([self._weight(n, j) for n, j in self._x_readers], dim=0)
+            projected = (inputs.reshape(T * B, -1) @ weights.t()).view(T, B, len(self._x_readers), H)
+            for position, (node, _) in enumerate(self._x_readers):
+                x_slices.setdefault(node, []).append(projected[:, :, position])
+        source_weights = {
+            source: torch.cat([self._weight(n, j) for n, j in readers], dim=0).t()
+            for source, readers in self._readers.items()
+        }
+
+        outputs = []
+        state = tuple(hidden)
+        for t in range(T):
+            values: dict[str, torch.Tensor] = {}
+            partial: dict[str, list[torch.Tensor]] = {
+                node: [chunks[t] for chunks in slices] for node, slices in x_slices.items()
+            }
+
+            def publish(name: str, value: torch.Tensor) -> None:
+                values[name] = value
+                readers = self._readers.get(name)
+                if readers:
+                    projected = (value @ source_weights[name]).view(B, len(readers), H)
+                    for position, (node, _) in enumerate(readers):
+                        partial.setdefault(node, []).append(projected[:, position])
+
+            for i, h in enumerate(state):
+                if i == 0 and recorder is not None:
+                    h = recorder.hidden(layer_index, t, h)
+                publish(f"h_prev_{i}", h)
+            for name in recipe.order:
+                node = recipe.node(name)
+                ins = node.inputs
+                if node.op == "linear":
+                    value = _sum(partial.pop(name)) + self.linears[_key(name)].bias
+                elif node.op == "blend":
+                    z, a, b = (values[i] for i in ins)
+                    value = z * a + (1 - z) * b
+                elif node.op == "elementwise_prod":
+                    value = values[ins[0]] * values[ins[1]]
+                elif node.op == "elementwise_sum":
+                    value = values[ins[0]] + values[ins[1]]
+                else:
+                    value = _ACTIVATIONS[node.op](values[ins[0]])
+                    if recorder is not None:
+                        recorder.activation(layer_index, t, name, value)
+                publish(name, value)
+            state = tuple(values[f"h_new_{i}"] for i in range(recipe.hidden_tuple_size))
+            outputs.append(state[0])
+        return torch.stack(outputs, dim=0), state
+
+def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
+
+
+def _key(name: str) -> str:
+    # ModuleDict keys may not contain "."; recipe names rarely do, but be safe.
+    return name.replace(".", "·")
