@@ -151,7 +151,10 @@ class MetricContext:
         seed: the seed the model is initialised with.
         device: the torch device metrics run on.
         batch: the space's metric minibatch (on CPU; passes move it to `device`).
-        options: space-specific model options (e.g. `as_trained` for nb-bert).
+        options: space-specific model options (e.g. `as_trained` for nb-bert); the
+            batch may add its own (`batch.model_options`, e.g. the vocabulary size).
+        wanted: the metrics being scored together, so a pass can serve all of them
+            (e.g. run as many layers as the deepest requested layer metric needs).
         pass_counts: how many times each pass actually ran (1 when shared).
     """
 
@@ -164,6 +167,7 @@ class MetricContext:
         batch: Any,
         device: str | torch.device = "cpu",
         options: Mapping[str, Any] | None = None,
+        wanted: Sequence[str] = (),
     ):
         self.space = space
         self.spec = spec
@@ -171,6 +175,7 @@ class MetricContext:
         self.batch = batch
         self.device = torch.device(device)
         self.options = dict(options or {})
+        self.wanted = frozenset(wanted)
         self.pass_counts: Counter[str] = Counter()
         self._pristine: torch.nn.Module | None = None  # built lazily, never handed out
         self._passes: dict[str, Any] = {}  # pass name -> artifact
@@ -183,7 +188,8 @@ class MetricContext:
             space = get_space(self.space)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self._pristine = space.build(self.spec, **self.options)
+                options = {**getattr(self.batch, "model_options", {}), **self.options}
+                self._pristine = space.build(self.spec, **options)
             self._pristine.to(self.device)
         return copy.deepcopy(self._pristine)
 
