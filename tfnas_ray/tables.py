@@ -117,7 +117,7 @@ def conform(kind: str, table: pa.Table, *, what: str = "table") -> pa.Table:
                     ) from None
         elif not field.nullable:
             raise TfnasError(
-                f"{what} is not a {kind} table: it lacks column {field.name!r} "
+                f"{what} is not a valid {kind} table: it lacks column {field.name!r} "
                 f"(has {', '.join(table.column_names) or 'no columns'}; "
                 f"needs {', '.join(f.name for f in schema if not f.nullable)})"
             )
@@ -129,7 +129,7 @@ def conform(kind: str, table: pa.Table, *, what: str = "table") -> pa.Table:
         if name not in schema.names:
             arrays.append(table.column(name))
             fields.append(table.schema.field(name))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
 def read_table(kind: str, path: str | os.PathLike) -> pa.Table:

@@ -1,0 +1,93 @@
+"""The paper's RNN columns: known answers from the authors' code, and independent checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tfnas_ray.metrics import BATCHES, MetricContext, MetricFailure, load_metrics
+from tfnas_ray.metrics.rnn_paper import hidden_covariance, jacobian_cosine_score
+from tfnas_ray.metrics.scoring import score_architecture
+
+PAPER_COLUMNS = [
+    "hidden_cov", "hidden_cov_l2", "hidden_cov_l3", "activation_distance", "synaptic_saliency",
+    "jacob_cov", "jacobian_cosine", "jacobian_noise", "jacobian_noise_cosine",
+    "jacobian_more_noise", "jacobian_more_noise_cosine", "hidden_saliency", "params",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(shared_data):
+    """The authors' values for 10 recipes (../shared/data/nas-bench-nlp/reference_values.json:
+    their metric code on the reference model, seed 0, PTB test batch 70 × 50)."""
+    values = json.loads((shared_data / "nas-bench-nlp/reference_values.json").read_text())
+    recipes = json.loads((shared_data / "nas-bench-nlp/recepies_example.json").read_text())
+    return list(zip(recipes, values["recipes"]))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return BATCHES.get("nb-nlp")({})
+
+
+def naive_hidden_covariance(states: np.ndarray) -> float:
+    """Straight from the definition: units as variables over (sample, step) observations."""
+    B, H, T = states.shape
+    observations = np.array([[states[b, h, t] for b in range(B) for t in range(T)] for h in range(H)])
+    eigenvalues = np.linalg.eigvalsh(np.corrcoef(observations))
+    return float(-np.sum(np.log(eigenvalues + 1e-5) + 1 / (eigenvalues + 1e-5)))
+
+
+def test_hidden_covariance_equals_the_definition_on_small_shapes():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(4, 6, 5))
+    assert hidden_covariance(states) == pytest.approx(naive_hidden_covariance(states), rel=1e-12)
+
+
+def test_hidden_covariance_of_a_constant_unit_is_a_recorded_failure():
+    states = np.random.default_rng(0).normal(size=(4, 6, 5))
+    states[:, 2, :] = 0.5
+    with pytest.raises(MetricFailure, match="1 of 6 variables are constant"):
+        hidden_covariance(states)
+
+
+def test_jacobian_cosine_of_identical_rows_is_one_half():
+    # All rows equal: every off-diagonal |cos| = 1, so 1 − (B² − B)/2/(B² − B) = 0.5.
+    jacobian = np.ones((3, 5, 2))
+    assert jacobian_cosine_score(jacobian) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_every_paper_column_equals_the_published_value(reference, batch):
+    load_metrics()
+    mismatches = []
+    for recipe, published in reference:
+        rows = score_architecture(
+            arch_id=published["name"], space="nb-nlp", spec=json.dumps(recipe),
+            metrics=PAPER_COLUMNS, seed=0, batch=batch,
+        )
+        for row in rows:
+            expected = published["values"][row["metric"]]
+            # "about 1e-5 relative where the computation is replicated exactly" (the file's `about`)
+            if row["value"] is None or abs(row["value"] - expected) > 1e-5 * abs(expected):
+                mismatches.append((published["name"], row["metric"], row["value"], expected, row["error"]))
+    assert mismatches == []
+
+
+def test_scoring_together_shares_one_paper_pass(reference, batch):
+    recipe, _ = reference[0]
+    ctx = MetricContext("nb-nlp", json.dumps(recipe), seed=0, batch=batch, wanted=PAPER_COLUMNS)
+    metrics = load_metrics()
+    for name in PAPER_COLUMNS:
+        metrics.get(name).impl("nb-nlp").fn(ctx)
+    assert dict(ctx.pass_counts) == {"paper": 1}
+
+
+def test_hidden_cov_alone_runs_one_layer_without_gradients(reference, batch):
+    recipe, published = reference[2]
+    ctx = MetricContext("nb-nlp", json.dumps(recipe), seed=0, batch=batch, wanted=["hidden_cov"])
+    value = load_metrics().get("hidden_cov").impl("nb-nlp").fn(ctx)
+    assert value == pytest.approx(published["values"]["hidden_cov"], rel=1e-6)
+    assert dict(ctx.pass_counts) == {"hidden_states": 1}
+    assert list(ctx.run_pass("hidden_states")) == [1]

@@ -1,0 +1,195 @@
+"""The Ray scoring engine: shards, resume, determinism, dead workers, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from tfnas_ray import tables
+from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.cli import app
+from tfnas_ray.distributed.scoring import ScoreConfig, plan_shards, run_scoring
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.metrics import BATCHES
+from tfnas_ray.metrics.scoring import arch_seed, score_architecture
+
+METRICS = ("hidden_cov", "params")
+
+
+@pytest.fixture(scope="module")
+def archs() -> pa.Table:
+    """Six distinct NAS-Bench-NLP cells (the first of the shipped PTB benchmark)."""
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    seen, keep = set(), []
+    for i, arch_id in enumerate(table.column("arch_id").to_pylist()):
+        if arch_id not in seen:
+            seen.add(arch_id)
+            keep.append(i)
+    return table.take(keep[:6])
+
+
+def values(table: pa.Table) -> dict:
+    return {(r["arch_id"], r["metric"]): (r["value"], r["error"], r["seed"]) for r in table.to_pylist()}
+
+
+def test_scoring_through_ray_writes_one_shard_file_per_shard(ray_cluster, archs, tmp_path):
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=4)
+    summary = run_scoring(archs, tmp_path, config, progress=False)
+    files = sorted(p.name for p in tmp_path.glob("shard-*.parquet"))
+    assert len(files) == 2 and summary.shards_total == 2 and summary.scored == 6
+    assert summary.table.num_rows == 12
+    # Each row equals scoring the architecture directly, without Ray.
+    batch = BATCHES.get("nb-nlp")({})
+    row = archs.to_pylist()[0]
+    seed = arch_seed(row["arch_id"], 0)
+    direct = score_architecture(arch_id=row["arch_id"], space="nb-nlp", spec=row["spec"], metrics=list(METRICS), seed=seed, batch=batch)
+    got = values(summary.table)
+    for expected in direct:
+        assert got[(row["arch_id"], expected["metric"])] == (expected["value"], expected["error"], seed)
+
+    # Rerunning the same job skips every finished shard.
+    again = run_scoring(archs, tmp_path, config, progress=False)
+    assert again.scored == 0 and again.shards_skipped == 2
+    assert values(again.table) == got
+
+
+def test_values_do_not_depend_on_workers_or_shard_size(ray_cluster, archs, tmp_path):
+    one = run_scoring(archs, tmp_path / "one", ScoreConfig(metrics=METRICS, seed=5, shard_size=1, workers=1), progress=False)
+    many = run_scoring(archs, tmp_path / "many", ScoreConfig(metrics=METRICS, seed=5, shard_size=100, workers=2), progress=False)
+    assert values(one.table) == values(many.table)
+    assert len(list((tmp_path / "one").glob("shard-*.parquet"))) == 6
+
+
+def test_a_corrupt_shard_is_reported_and_recomputed(ray_cluster, archs, tmp_path):
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=3)
+    first = run_scoring(archs, tmp_path, config, progress=False)
+    victim = sorted(tmp_path.glob("shard-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated mid-file
+    messages = []
+    second = run_scoring(archs, tmp_path, config, progress=False, log=messages.append)
+    assert second.shards_recomputed == 1 and second.scored == 3
+    assert any(victim.name in m and "corrupt" in m for m in messages)
+    assert values(second.table) == values(first.table)
+
+
+def test_a_shard_with_missing_rows_is_recomputed(ray_cluster, archs, tmp_path):
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=6)
+    run_scoring(archs, tmp_path, config, progress=False)
+    shard = next(tmp_path.glob("shard-*.parquet"))
+    pq.write_table(pq.read_table(shard).slice(0, 5), shard)
+    messages = []
+    again = run_scoring(archs, tmp_path, config, progress=False, log=messages.append)
+    assert again.shards_recomputed == 1
+    assert any("holds 5 rows, expected 12" in m for m in messages)
+
+
+def test_a_worker_killed_mid_shard_is_recovered(ray_cluster, archs, tmp_path):
+    victim = archs.column("arch_id")[2].as_py()
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=6, workers=1, exit_drill={victim: 1}, drill_dir=str(tmp_path / "drill"))
+    summary = run_scoring(archs, tmp_path / "out", config, progress=False)
+    assert summary.worker_deaths == 1
+    reference = run_scoring(archs, tmp_path / "ref", ScoreConfig(metrics=METRICS, seed=0, shard_size=6), progress=False)
+    assert values(summary.table) == values(reference.table)
+
+
+def test_a_poison_architecture_is_recorded_as_failed_after_max_tries(ray_cluster, archs, tmp_path):
+    victim = archs.column("arch_id")[1].as_py()
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=3, max_tries=2, exit_drill={victim: 99}, drill_dir=str(tmp_path / "drill"))
+    summary = run_scoring(archs, tmp_path / "out", config, progress=False)
+    rows = summary.table.to_pylist()
+    failed = [r for r in rows if r["arch_id"] == victim]
+    assert len(failed) == 2 and all(r["value"] is None and "worker died 2 times" in r["error"] for r in failed)
+    others = [r for r in rows if r["arch_id"] != victim and r["metric"] == "params"]
+    assert len(others) == 5 and all(r["value"] is not None for r in others)
+    assert any("worker died" in reason for reason in summary.failures)
+
+
+def test_plan_rejects_unknown_metrics_and_bad_settings(archs):
+    with pytest.raises(TfnasError, match="unknown metric 'hidden_covariance'; known: .*hidden_cov"):
+        plan_shards(archs, ScoreConfig(metrics=("hidden_covariance",)))
+    with pytest.raises(TfnasError, match="--shard-size must be >= 1, got 0"):
+        ScoreConfig(metrics=METRICS, shard_size=0)
+    with pytest.raises(TfnasError, match="--device 'tpu' is not one of auto, cpu, gpu"):
+        ScoreConfig(metrics=METRICS, device="tpu")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not parquet at all", "is not a readable Parquet file"),
+        ("truth", "is not a valid archs table: it lacks column 'space'"),
+    ],
+)
+def test_cli_rejects_malformed_input_files_in_one_line(tmp_path, content, message):
+    path = tmp_path / "archs.parquet"
+    if content == "truth":
+        tables.write_table("truth", tables.from_rows("truth", [{"arch_id": "a", "target": "t", "value": 1.0}]), path)
+    else:
+        path.write_bytes(content)
+    result = CliRunner().invoke(app, ["score", str(path), "--metric", "hidden_cov", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_cli_rejects_an_unknown_metric_and_a_bad_spec_before_work(tmp_path, archs):
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", archs, path)
+    result = CliRunner().invoke(app, ["score", str(path), "--metric", "hiden_cov", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "unknown metric 'hiden_cov'" in result.output
+    bad = archs.set_column(2, "spec", pa.array(['{"h_new_0": {"op": "linear", "input": ["x"]}}'] * archs.num_rows))
+    tables.write_table("archs", bad, path)
+    result = CliRunner().invoke(app, ["score", str(path), "--metric", "params", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "row 0" in result.output and "never uses 'h_prev_0'" in result.output
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tfnas_ray.cli", *args]
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_and_scores_every_architecture_once(tmp_path):
+    """A real `tfnas score` process, killed with SIGKILL after its first shard, then
+    interrupted with SIGINT, then rerun to the end."""
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    archs_path = tmp_path / "archs.parquet"
+    tables.write_table("archs", table.slice(0, 40), archs_path)
+    out = tmp_path / "scores"
+    command = _cli("score", str(archs_path), "--metric", "hidden_cov", "--out", str(out), "--shard-size", "2", "--no-progress")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def start_and_wait_for_shards(n: int) -> subprocess.Popen:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.time() + 120
+        while len(list(out.glob("shard-*.parquet"))) < n:
+            assert process.poll() is None, process.stdout.read()
+            assert time.time() < deadline, "no shard written in time"
+            time.sleep(0.2)
+        return process
+
+    killed = start_and_wait_for_shards(1)
+    os.killpg(killed.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    killed.wait()
+    after_kill = len(list(out.glob("shard-*.parquet")))
+
+    interrupted = start_and_wait_for_shards(after_kill + 1)
+    interrupted.send_signal(signal.SIGINT)
+    output, _ = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 1, output
+    assert "interrupted:" in output and "run the same command again to resume" in output
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    scores = tables.read_table("scores", out)
+    distinct = len(set(table.slice(0, 40).column("arch_id").to_pylist()))
+    assert scores.num_rows == distinct  # every architecture once, none lost
+    assert len(set(scores.column("arch_id").to_pylist())) == distinct
+    assert "failures" in finished.stdout

@@ -1,0 +1,194 @@
+"""Rank correlations between metrics and trained quality, with bootstrap intervals.
+
+Conventions (recorded in the correlations table's metadata, as scipy.stats would state
+them): Kendall's τ-b (ties adjusted), Spearman's ρ (average ranks for ties), Pearson's
+r; all signed, never abs(). A pair with a null or NaN on either side is dropped before
+anything is computed. Intervals are percentile bootstrap intervals over resampled
+architectures, with a seeded generator, so the same inputs give the same table.
+When a score exists several times for one architecture (several seeds), its mean is used;
+each truth row is one observation (a benchmark that trained one cell twice contributes
+both runs, as the published per-run results do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy import stats
+
+from tfnas_ray import tables
+from tfnas_ray.errors import TfnasError
+
+
+@dataclass(frozen=True)
+class CorrelationConfig:
+    """Attributes:
+        resamples: bootstrap resamples per interval (0 disables intervals).
+        confidence: interval coverage, in (0, 1).
+        seed: seed of the bootstrap generator.
+    """
+
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0:
+            raise TfnasError(f"resamples must be >= 0, got {self.resamples}")
+        if not 0 < self.confidence < 1:
+            raise TfnasError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.kendalltau(x, y, variant="b").statistic)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.pearsonr(x, y).statistic)
+
+
+def correlate_pair(x, y, config: CorrelationConfig = CorrelationConfig()) -> dict:
+    """Every statistic of one (metric, target) pair; NaN where undefined (n < 3, or a
+    constant side)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(x.size)
+    row = {"n": n}
+    names = ("kendall_tau", "kendall_lo", "kendall_hi", "spearman_rho", "spearman_lo", "spearman_hi", "pearson_r")
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return row | {name: math.nan for name in names}
+    row["kendall_tau"] = _kendall(x, y)
+    row["spearman_rho"] = _spearman(x, y)
+    row["pearson_r"] = _pearson(x, y)
+    lo_q, hi_q = (1 - config.confidence) / 2, 1 - (1 - config.confidence) / 2
+    if config.resamples:
+        rng = np.random.default_rng(config.seed)
+        taus, rhos = np.empty(config.resamples), np.empty(config.resamples)
+        for b in range(config.resamples):
+            idx = rng.integers(0, n, size=n)
+            xb, yb = x[idx], y[idx]
+            if np.ptp(xb) == 0 or np.ptp(yb) == 0:
+                taus[b] = rhos[b] = math.nan
+                continue
+            taus[b] = _kendall(xb, yb)
+            rhos[b] = _spearman(xb, yb)
+        row["kendall_lo"], row["kendall_hi"] = np.nanquantile(taus, [lo_q, hi_q]).tolist()
+        row["spearman_lo"], row["spearman_hi"] = np.nanquantile(rhos, [lo_q, hi_q]).tolist()
+    else:
+        row |= {"kendall_lo": math.nan, "kendall_hi": math.nan, "spearman_lo": math.nan, "spearman_hi": math.nan}
+    return row
+
+
+def _mean_scores(scores: pa.Table) -> dict[str, dict[str, float]]:
+    """metric -> arch_id -> mean of its non-null values."""
+    grouped = (
+        scores.select(["arch_id", "metric", "value"])
+        .filter(pc.is_valid(scores.column("value")))
+        .group_by(["metric", "arch_id"])
+        .aggregate([("value", "mean")])
+    )
+    out: dict[str, dict[str, float]] = {}
+    for metric, arch_id, value in zip(
+        grouped.column("metric").to_pylist(), grouped.column("arch_id").to_pylist(), grouped.column("value_mean").to_pylist()
+    ):
+        out.setdefault(metric, {})[arch_id] = value
+    return out
+
+
+def correlate(
+    scores: pa.Table,
+    truth: pa.Table,
+    *,
+    config: CorrelationConfig = CorrelationConfig(),
+    directions: dict[str, str] | None = None,
+    metrics: list[str] | None = None,
+    targets: list[str] | None = None,
+) -> pa.Table:
+    """The correlations table: one row per (metric, target).
+
+    Args:
+        scores: a scores table (several seeds per architecture are averaged).
+        truth: a truth table; null values (diverged runs) are dropped.
+        directions: metric -> declared direction, copied into the table.
+        metrics / targets: restrict (and order) what is correlated; default: all present.
+
+    Raises:
+        TfnasError: no architecture appears in both tables.
+    """
+    scores = tables.conform("scores", scores, what="scores table")
+    truth = tables.conform("truth", truth, what="truth table")
+    per_metric = _mean_scores(scores)
+    metric_names = metrics or sorted(per_metric)
+    target_names = targets or list(dict.fromkeys(truth.column("target").to_pylist()))
+    truth_ids = truth.column("arch_id").to_pylist()
+    truth_targets = truth.column("target").to_pylist()
+    truth_values = truth.column("value").to_pylist()
+    if per_metric and not set(truth_ids) & {a for m in per_metric.values() for a in m}:
+        raise TfnasError("the scores and truth tables share no arch_id: were they made from the same archs table?")
+    rows = []
+    for metric in metric_names:
+        values = per_metric.get(metric, {})
+        for target in target_names:
+            pairs = [
+                (values.get(arch_id, math.nan), v if v is not None else math.nan)
+                for arch_id, t, v in zip(truth_ids, truth_targets, truth_values)
+                if t == target
+            ]
+            x = [p[0] for p in pairs]
+            y = [p[1] for p in pairs]
+            stats_row = correlate_pair(x, y, config)
+            rows.append(
+                {"metric": metric, "target": target, **stats_row, "direction": (directions or {}).get(metric)}
+            )
+    table = tables.from_rows("correlations", rows)
+    table = table.replace_schema_metadata(
+        {
+            b"tfnas.conventions": json.dumps(
+                {
+                    "kendall": "tau-b: scipy.stats.kendalltau(x, y, variant='b')",
+                    "spearman": "scipy.stats.spearmanr(x, y), average ranks for ties",
+                    "pearson": "scipy.stats.pearsonr(x, y)",
+                    "nan_policy": "pairs with a null or NaN on either side are dropped (omit)",
+                    "undefined": "n < 3 or a constant side gives NaN",
+                    "interval": f"percentile bootstrap over architectures, {config.resamples} resamples, "
+                    f"{config.confidence:.0%} coverage, numpy default_rng({config.seed})",
+                    "scores": "mean over the seeds of an architecture",
+                    "truth": "one observation per truth row",
+                    "sign": "signed; never abs()",
+                }
+            ).encode()
+        }
+    )
+    return table
+
+
+def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str:
+    """A plain-text table, sorted by |τ| (largest first) within each target."""
+    rows = table.to_pylist()
+    if sort_by_abs_tau:
+        rows.sort(key=lambda r: (r["target"], -(abs(r["kendall_tau"]) if r["kendall_tau"] == r["kendall_tau"] and r["kendall_tau"] is not None else -1)))
+
+    def num(v, width=6):
+        return f"{v:+.{width - 3}f}" if v is not None and v == v else "nan".rjust(width)
+
+    header = f"{'metric':28s} {'target':16s} {'n':>5s}  {'τ':>6s} [{'95% CI':^15s}]  {'ρ':>6s} [{'95% CI':^15s}]  {'r':>6s}  direction"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['metric']:28s} {r['target']:16s} {r['n']:5d}  {num(r['kendall_tau'])} [{num(r['kendall_lo'])}, {num(r['kendall_hi'])}]"
+            f"  {num(r['spearman_rho'])} [{num(r['spearman_lo'])}, {num(r['spearman_hi'])}]  {num(r['pearson_r'])}  {r.get('direction') or ''}"
+        )
+    return "\n".join(lines)

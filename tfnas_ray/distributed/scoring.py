@@ -1,0 +1,448 @@
+"""Distributed scoring: a pool of scorer actors over shards of architectures.
+
+The work is cut into shards; each finished shard is written atomically to its own
+Parquet file named by the shard's identity (a hash of its architectures, metrics, seed,
+seeding and batch), so a rerun of the same command skips finished shards, recomputes a
+corrupt one, and never writes a shard twice. One actor per GPU (or per CPU without
+GPUs) scores shards; an actor that dies is restarted, its shard is retried one
+architecture at a time, and an architecture that kills its worker `max_tries` times is
+recorded as failed instead of sinking the run. Values do not depend on how many workers
+ran or how the shards were cut: each architecture is scored in a fresh context seeded
+from its arch_id (`metrics.scoring.arch_seed`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfnas_ray import tables
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.metrics.scoring import SEEDINGS, arch_seed, validate_metrics
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How to score a table of architectures.
+
+    Attributes:
+        metrics: metric names (registry keys), scored together per architecture.
+        seed: the run's seed.
+        seeding: "derived" (per-architecture seed from arch_id and `seed`) or "fixed"
+            (every model initialised with `seed`, the paper's protocol).
+        shard_size: architectures per shard (the unit of resume).
+        workers: at most this many scorer actors (default: one per GPU or CPU).
+        device: "auto" (GPUs if the cluster has them), "cpu" or "gpu".
+        actors_per_gpu: scorer actors sharing one GPU (fractional GPUs for small models).
+        batch_options: options of the space's metric minibatch (corpus, bptt, …).
+        model_options: options passed to the space's model builder.
+        max_tries: attempts per architecture whose worker dies before it is recorded
+            as failed.
+        exit_drill: fault-injection drill for testing recovery: {arch_id: n} makes the
+            scorer process exit abruptly on the first n attempts at that architecture
+            (attempts are counted in files under `drill_dir`). Empty in real runs.
+        drill_dir: where the drill counts attempts (shared by restarted actors).
+    """
+
+    metrics: tuple[str, ...]
+    seed: int = 0
+    seeding: str = "derived"
+    shard_size: int = 16
+    workers: int | None = None
+    device: str = "auto"
+    actors_per_gpu: float = 1.0
+    batch_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    max_tries: int = 3
+    exit_drill: Mapping[str, int] = field(default_factory=dict)
+    drill_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.seeding not in SEEDINGS:
+            raise TfnasError(f"seeding {self.seeding!r} is not one of {', '.join(SEEDINGS)}")
+        if self.shard_size < 1:
+            raise TfnasError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.workers is not None and self.workers < 1:
+            raise TfnasError(f"--workers must be >= 1, got {self.workers}")
+        if self.device not in DEVICES:
+            raise TfnasError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if not self.actors_per_gpu > 0:
+            raise TfnasError(f"--actors-per-gpu must be > 0, got {self.actors_per_gpu}")
+        if self.max_tries < 1:
+            raise TfnasError(f"max_tries must be >= 1, got {self.max_tries}")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A slice of the work: architectures in table order, and its identity."""
+
+    shard_id: str
+    arch_ids: tuple[str, ...]
+    spaces: tuple[str, ...]
+    specs: tuple[str, ...]
+
+    @property
+    def filename(self) -> str:
+        return f"shard-{self.shard_id}.parquet"
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did, for the final report."""
+
+    archs: int = 0  # architectures in the plan
+    scored: int = 0  # architectures scored in this run
+    shards_total: int = 0
+    shards_skipped: int = 0  # already finished by an earlier run
+    shards_recomputed: int = 0  # found corrupt and recomputed
+    failures: collections.Counter = field(default_factory=collections.Counter)  # reason -> count
+    worker_deaths: int = 0
+    stale_files: int = 0
+    seconds: float = 0.0
+    table: pa.Table | None = None
+
+    def lines(self) -> list[str]:
+        rate = self.scored / self.seconds if self.seconds > 0 else 0.0
+        out = [
+            f"archs: {self.archs} in {self.shards_total} shards; scored now {self.scored} "
+            f"({self.shards_skipped} shards already done, {self.shards_recomputed} recomputed)",
+            f"wall time {self.seconds:.1f} s, {rate:.2f} archs/s",
+        ]
+        if self.worker_deaths:
+            out.append(f"worker deaths recovered: {self.worker_deaths}")
+        if self.failures:
+            out.append("failures by reason:")
+            out += [f"  {count:5d}  {reason}" for reason, count in self.failures.most_common()]
+        else:
+            out.append("failures: none")
+        if self.stale_files:
+            out.append(f"note: {self.stale_files} shard file(s) in the output belong to another plan; ignored")
+        return out
+
+
+class ScoringInterrupted(TfnasError):
+    """The driver was interrupted; finished shards are saved."""
+
+
+def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
+    """Cut the (deduplicated) architectures into shards and name each by its identity."""
+    archs = tables.conform("archs", archs, what="archs table")
+    seen: dict[str, tuple[str, str]] = {}
+    for arch_id, space, spec in zip(
+        archs.column("arch_id").to_pylist(), archs.column("space").to_pylist(), archs.column("spec").to_pylist()
+    ):
+        seen.setdefault(arch_id, (space, spec))  # the same architecture is scored once
+    for space in sorted({space for space, _ in seen.values()}):
+        validate_metrics(space, config.metrics)
+    identity = json.dumps(
+        {
+            "metrics": list(config.metrics),
+            "seed": config.seed,
+            "seeding": config.seeding,
+            "batch": dict(sorted(config.batch_options.items())),
+            "model": dict(sorted(config.model_options.items())),
+        },
+        sort_keys=True,
+    )
+    items = list(seen.items())
+    shards = []
+    for start in range(0, len(items), config.shard_size):
+        chunk = items[start : start + config.shard_size]
+        digest = hashlib.sha256(identity.encode())
+        for arch_id, (space, spec) in chunk:
+            digest.update(f"\n{arch_id}\t{space}\t{spec}".encode())
+        shards.append(
+            Shard(
+                shard_id=digest.hexdigest()[:20],
+                arch_ids=tuple(a for a, _ in chunk),
+                spaces=tuple(s for _, (s, _) in chunk),
+                specs=tuple(p for _, (_, p) in chunk),
+            )
+        )
+    return shards
+
+
+def check_shard(path: Path, shard: Shard, metrics: Sequence[str]) -> None:
+    """Raise TfnasError saying why a shard file is not a complete shard of `shard`."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TfnasError(f"unreadable Parquet ({str(err).splitlines()[0]})") from None
+    try:
+        table = tables.conform("scores", table, what=str(path))
+    except TfnasError as err:
+        raise TfnasError(str(err)) from None
+    expected = {(a, m) for a in shard.arch_ids for m in metrics}
+    found = set(zip(table.column("arch_id").to_pylist(), table.column("metric").to_pylist()))
+    if table.num_rows != len(expected) or found != expected:
+        raise TfnasError(f"holds {table.num_rows} rows, expected {len(expected)} (one per arch and metric)")
+
+
+def _failure_reason(error: str) -> str:
+    # Group failures by their kind, not their numbers: "layer-1 hidden covariance: 3 of
+    # 600 variables are constant" and "… 7 of 600 …" are one reason.
+    text = error.split(" (first:")[0].split(" (at ")[0]
+    return "".join("N" if ch.isdigit() else ch for ch in text)[:120]
+
+
+def _make_actor_class():
+    import ray
+
+    @ray.remote
+    class ScorerActor:
+        """Scores architectures on one device (a GPU Ray assigned it, or the CPU)."""
+
+        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any]):
+            from tfnas_ray.metrics.scoring import pick_threads
+
+            self._gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # ids Ray gave this actor
+            if device_kind == "gpu":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise TfnasError(
+                        f"Ray assigned GPU {','.join(self._gpu_ids) or '?'} but torch sees no CUDA device "
+                        f"(torch {torch.__version__}); install a CUDA build of torch on the workers"
+                    )
+                self._device = "cuda:0"  # CUDA_VISIBLE_DEVICES holds only the assigned GPU(s)
+            else:
+                self._device = "cpu"
+            pick_threads(self._device)
+            self._batch_options = dict(batch_options)
+            self._model_options = dict(model_options)
+            self._batches: dict[str, Any] = {}  # space -> metric minibatch, built once
+
+        def describe(self) -> dict:
+            return {"device": self._device, "gpu_ids": self._gpu_ids, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+        def score(self, items: list[tuple[str, str, str, int]], metrics: list[str], drill: Mapping[str, int], drill_dir: str | None) -> list[dict]:
+            from tfnas_ray.metrics import BATCHES
+            from tfnas_ray.metrics.scoring import score_architecture
+
+            rows = []
+            for arch_id, space, spec, seed in items:
+                if arch_id in drill:
+                    _exit_drill(arch_id, drill[arch_id], drill_dir)
+                if space not in self._batches:
+                    self._batches[space] = BATCHES.get(space)(self._batch_options)
+                for row in score_architecture(
+                    arch_id=arch_id,
+                    space=space,
+                    spec=spec,
+                    metrics=metrics,
+                    seed=seed,
+                    batch=self._batches[space],
+                    device=self._device,
+                    options=self._model_options,
+                ):
+                    if self._device != "cpu":
+                        row["device"] = f"cuda:{','.join(self._gpu_ids)}"
+                    rows.append(row)
+            return rows
+
+    return ScorerActor
+
+
+def _exit_drill(arch_id: str, times: int, drill_dir: str | None) -> None:
+    """Exit the process abruptly on the first `times` attempts at `arch_id` (drills only)."""
+    marker_dir = Path(drill_dir or ".")
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    marker = marker_dir / f"exit-drill-{arch_id}"
+    attempts = int(marker.read_text()) if marker.exists() else 0
+    if attempts < times:
+        marker.write_text(str(attempts + 1))
+        os._exit(17)
+
+
+@dataclass
+class _Work:
+    shard: Shard
+    positions: tuple[int, ...]  # indexes into the shard's architectures
+    attempt: int = 1
+
+
+class _Progress:
+    """One status line on stderr: archs done, archs/s, ETA."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.started = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        sys.stderr.write(f"\rscored {self.done}/{self.total} archs  {rate:.2f} archs/s  ETA {eta_text}   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.total:
+            sys.stderr.write("\n")
+
+
+def _actor_plan(config: ScoreConfig, n_shards: int) -> tuple[str, int, dict]:
+    """(device kind, number of actors, Ray resources per actor) for the cluster."""
+    from tfnas_ray.distributed.cluster import cluster_cpus, cluster_gpus
+
+    gpus = cluster_gpus()
+    if config.device == "gpu" and gpus == 0:
+        raise TfnasError("--device gpu, but the Ray cluster has no GPUs; use --device cpu or auto")
+    kind = "gpu" if (config.device == "gpu" or (config.device == "auto" and gpus > 0)) else "cpu"
+    if kind == "gpu":
+        count = int(gpus * config.actors_per_gpu)
+        resources = {"num_gpus": 1.0 / config.actors_per_gpu, "num_cpus": 0}
+    else:
+        count = max(1, int(cluster_cpus()))
+        resources = {"num_cpus": 1}
+    count = max(1, min(count, config.workers or count, n_shards))
+    return kind, count, resources
+
+
+def run_scoring(
+    archs: pa.Table,
+    out_dir: str | os.PathLike,
+    config: ScoreConfig,
+    *,
+    progress: bool = True,
+    log=print,
+) -> ScoreSummary:
+    """Score every architecture of `archs` with `config.metrics` into shard files.
+
+    Ray must be connected (`distributed.cluster.connect`). Returns a summary whose
+    `table` holds the scores of every planned shard (old and new).
+
+    Raises:
+        TfnasError: an unknown metric, a metric not defined for a space, no GPUs for
+            `--device gpu`.
+        ScoringInterrupted: on Ctrl-C, after saying how much was saved.
+    """
+    import ray
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    shards = plan_shards(archs, config)
+    metrics = list(config.metrics)
+    summary = ScoreSummary(archs=sum(len(s.arch_ids) for s in shards), shards_total=len(shards))
+    planned = {s.filename for s in shards}
+    summary.stale_files = sum(1 for p in out.glob("shard-*.parquet") if p.name not in planned)
+
+    todo: list[Shard] = []
+    for shard in shards:
+        path = out / shard.filename
+        if path.exists():
+            try:
+                check_shard(path, shard, metrics)
+                summary.shards_skipped += 1
+                continue
+            except TfnasError as problem:
+                log(f"shard {path.name} is corrupt ({problem}); recomputing it")
+                path.rename(path.with_name(f".{path.name}.corrupt-{int(time.time())}"))
+                summary.shards_recomputed += 1
+        todo.append(shard)
+
+    bar = _Progress(sum(len(s.arch_ids) for s in todo), progress and bool(todo))
+    if todo:
+        kind, count, resources = _actor_plan(config, len(todo))
+        actor_class = _make_actor_class().options(max_restarts=-1, max_task_retries=0, **resources)
+        actors = [actor_class.remote(kind, dict(config.batch_options), dict(config.model_options)) for _ in range(count)]
+        drill_dir = config.drill_dir or str(out / ".drill")
+        try:
+            _drive(actors, todo, config, metrics, out, summary, bar, drill_dir, ray)
+        except KeyboardInterrupt:
+            bar.close()
+            saved = sum((out / s.filename).exists() for s in shards)
+            raise ScoringInterrupted(
+                f"interrupted: {saved} of {len(shards)} shards are saved in {out}; "
+                "run the same command again to resume"
+            ) from None
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    paths = [out / s.filename for s in shards]
+    summary.table = (
+        pa.concat_tables([tables.read_table("scores", p) for p in paths])
+        if paths
+        else tables.from_rows("scores", [])
+    )
+    return summary
+
+
+def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, summary: ScoreSummary, bar: _Progress, drill_dir: str, ray) -> None:
+    """The scheduling loop: keep every actor busy, retry after deaths, write shards."""
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    pending = collections.deque(_Work(shard, tuple(range(len(shard.arch_ids)))) for shard in todo)
+    results: dict[str, dict[int, list[dict]]] = {s.shard_id: {} for s in todo}  # shard -> position -> rows
+    idle = list(actors)
+    in_flight: dict[Any, tuple[Any, _Work]] = {}
+    drill = dict(config.exit_drill)
+
+    while pending or in_flight:
+        while idle and pending:
+            actor, work = idle.pop(), pending.popleft()
+            shard = work.shard
+            items = [
+                (shard.arch_ids[i], shard.spaces[i], shard.specs[i], arch_seed(shard.arch_ids[i], config.seed, config.seeding))
+                for i in work.positions
+            ]
+            in_flight[actor.score.remote(items, metrics, drill, drill_dir)] = (actor, work)
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for future in ready:
+            actor, work = in_flight.pop(future)
+            idle.append(actor)
+            shard = work.shard
+            try:
+                rows = ray.get(future)
+            except (RayActorError, WorkerCrashedError) as death:
+                summary.worker_deaths += 1
+                if len(work.positions) > 1:
+                    # Retry one architecture at a time, so a poison one is isolated.
+                    pending.extendleft(_Work(shard, (p,), work.attempt + 1) for p in reversed(work.positions))
+                    continue
+                if work.attempt < config.max_tries:
+                    pending.appendleft(_Work(shard, work.positions, work.attempt + 1))
+                    continue
+                reason = f"worker died {work.attempt} times scoring this architecture ({type(death).__name__})"
+                rows = _failed_rows(shard.arch_ids[work.positions[0]], metrics, reason, config)
+            by_arch = collections.defaultdict(list)
+            for row in rows:
+                by_arch[row["arch_id"]].append(row)
+            for position in work.positions:
+                results[shard.shard_id][position] = by_arch[shard.arch_ids[position]]
+            bar.advance(len(work.positions))
+            summary.scored += len(work.positions)
+            if len(results[shard.shard_id]) == len(shard.arch_ids):
+                ordered = [row for p in range(len(shard.arch_ids)) for row in results.pop(shard.shard_id)[p]]
+                for row in ordered:
+                    if row["error"] is not None:
+                        summary.failures[f"{row['metric']}: {_failure_reason(row['error'])}"] += 1
+                tables.write_table("scores", tables.from_rows("scores", ordered), out / shard.filename)
+
+
+def _failed_rows(arch_id: str, metrics, reason: str, config: ScoreConfig) -> list[dict]:
+    import tfnas_ray
+
+    seed = arch_seed(arch_id, config.seed, config.seeding)
+    return [
+        {"arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None, "seed": seed, "device": None, "version": tfnas_ray.__version__}
+        for m in metrics
+    ]

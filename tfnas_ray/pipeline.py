@@ -1,0 +1,137 @@
+"""The product's jobs, end to end: the functions the CLI's commands forward to.
+
+Each takes plain arguments, connects to Ray only where it scores, writes the tables,
+and returns what the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+
+from tfnas_ray import tables
+from tfnas_ray.analysis.correlation import CorrelationConfig, correlate, format_correlations
+from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, run_scoring
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.metrics import load_metrics
+from tfnas_ray.spaces import content_id, get_space
+
+
+def sample_archs(space_name: str, n: int, *, seed: int) -> pa.Table:
+    """An archs table of `n` architectures drawn from a space's own distribution."""
+    space = get_space(space_name)
+    rows = []
+    for spec in space.sample(n, seed=seed):
+        arch_id = space.arch_id(spec) if hasattr(space, "arch_id") else content_id(space.name, spec)
+        rows.append({"arch_id": arch_id, "space": space.name, "spec": spec, "source": f"sample:seed={seed}", "benchmark_id": None})
+    return tables.from_rows("archs", rows)
+
+
+def directions() -> dict[str, str]:
+    return {name: metric.direction.value for name, metric in load_metrics().items()}
+
+
+def score_table(
+    archs_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: ScoreConfig,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ScoreSummary:
+    """Read an archs table, check its specs, and score it through Ray into `out_dir`."""
+    from tfnas_ray.distributed.cluster import connect
+
+    archs = tables.read_table("archs", archs_path)
+    if archs.num_rows == 0:
+        raise TfnasError(f"archs table {str(archs_path)!r} has no rows")
+    check_specs(archs, what=str(archs_path))
+    connect(address)
+    return run_scoring(archs, out_dir, config, progress=progress, log=log)
+
+
+def check_specs(archs: pa.Table, *, what: str) -> None:
+    """Validate every spec before any work starts: one bad row stops the run up front."""
+    for i, (arch_id, space_name, spec) in enumerate(
+        zip(archs.column("arch_id").to_pylist(), archs.column("space").to_pylist(), archs.column("spec").to_pylist())
+    ):
+        space = get_space(space_name)
+        try:
+            space.canonicalize(spec)
+        except TfnasError as err:
+            raise TfnasError(f"{what}: row {i} (arch_id {arch_id}): {err}") from None
+
+
+@dataclass
+class ReproduceResult:
+    out_dir: Path
+    summary: ScoreSummary
+    correlations: pa.Table
+
+    def report(self) -> str:
+        return format_correlations(self.correlations)
+
+
+def reproduce(
+    benchmark_name: str,
+    out_dir: str | os.PathLike,
+    *,
+    metrics: Sequence[str] | None = None,
+    seed: int = 0,
+    seeding: str = "fixed",
+    shard_size: int = 8,
+    workers: int | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    address: str | None = None,
+    resamples: int = 1000,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """Export a shipped benchmark, score it through Ray, correlate, and write:
+    DIR/archs.parquet, DIR/truth.parquet, DIR/scores/ (shards), DIR/correlations.parquet.
+
+    `seeding="fixed"` with seed 0 is the paper's protocol: our values then equal the
+    authors' published per-architecture values. `limit` keeps the first N archs.
+    """
+    from tfnas_ray.distributed.cluster import connect
+
+    bench = get_benchmark(benchmark_name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    archs, truth = bench.load()
+    if limit is not None:
+        if limit < 1:
+            raise TfnasError(f"--limit must be >= 1, got {limit}")
+        archs = archs.slice(0, limit)
+        keep = set(archs.column("arch_id").to_pylist())
+        truth = truth.filter(pa.array([a in keep for a in truth.column("arch_id").to_pylist()]))
+    tables.write_table("archs", archs, out / "archs.parquet")
+    tables.write_table("truth", truth, out / "truth.parquet")
+    config = ScoreConfig(
+        metrics=tuple(metrics or bench.default_metrics),
+        seed=seed,
+        seeding=seeding,
+        shard_size=shard_size,
+        workers=workers,
+        device=device,
+    )
+    connect(address)
+    summary = run_scoring(archs, out / "scores", config, progress=progress, log=log)
+    targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
+    correlations = correlate(
+        summary.table,
+        truth,
+        config=CorrelationConfig(resamples=resamples, seed=seed),
+        directions=directions(),
+        metrics=list(config.metrics),
+        targets=targets,
+    )
+    tables.write_table("correlations", correlations, out / "correlations.parquet")
+    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations)
