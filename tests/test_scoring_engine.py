@@ -193,3 +193,44 @@ def test_a_killed_driver_resumes_and_scores_every_architecture_once(tmp_path):
     assert scores.num_rows == distinct  # every architecture once, none lost
     assert len(set(scores.column("arch_id").to_pylist())) == distinct
     assert "failures" in finished.stdout
+
+
+def test_device_gpu_on_a_cluster_without_gpus_is_a_clear_error(ray_cluster, archs, tmp_path):
+    with pytest.raises(TfnasError, match="--device gpu, but the Ray cluster has no GPUs"):
+        run_scoring(archs, tmp_path, ScoreConfig(metrics=("params",), device="gpu"), progress=False)
+
+
+SIMULATED_CLUSTER = r"""
+import json, sys
+import ray
+from tfnas_ray import tables
+from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
+ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, object_store_memory=100 * 2**20)
+archs = tables.read_table("archs", sys.argv[1])
+report = {}
+for device in ("auto", "cpu"):
+    config = ScoreConfig(metrics=("params",), shard_size=1, device=device, simulate_gpus=True)
+    summary = run_scoring(archs, sys.argv[2] + "/" + device, config, progress=False)
+    report[device] = sorted(set(summary.table.column("device").to_pylist()))
+half = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", actors_per_gpu=2, simulate_gpus=True)
+report["half"] = sorted(set(run_scoring(archs, sys.argv[2] + "/half", half, progress=False).table.column("device").to_pylist()))
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_a_cluster_of_logical_gpus_gets_one_scorer_per_gpu(archs, tmp_path):
+    """Ray started with 4 logical GPUs: each scorer holds a distinct GPU id and the
+    shards spread over all of them; `--device cpu` falls back to CPU actors."""
+    import json
+
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", table.slice(0, 8), path)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run([sys.executable, "-c", SIMULATED_CLUSTER, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["auto"] == [f"cpu (simulated gpu {i})" for i in range(4)]
+    assert report["cpu"] == ["cpu"]
+    assert len(report["half"]) == 4  # two actors on each GPU: still every GPU used

@@ -32,6 +32,333 @@ def fail(message: str) -> None:
 # ---- commands ------------------------------------------------------------------------
 
 
+def _metric_names(metric: list[str] | None) -> list[str] | None:
+    # `--metric a --metric b` and `--metric a,b` both work.
+    if not metric:
+        return None
+    return [m.strip() for item in metric for m in item.split(",") if m.strip()]
+
+
+def _resume_hint() -> str:
+    return "resume with: " + " ".join(["tfnas"] + sys.argv[1:])
+
+
+@app.command()
+def benchmarks() -> None:
+    """List the shipped benchmarks."""
+    from tfnas_ray.benchmarks import load_benchmarks
+
+    for name, bench in load_benchmarks().items():
+        typer.echo(f"{name:12s} space={bench.space:8s} target={bench.primary_target:10s} {bench.description}")
+
+
+@app.command()
+def metrics() -> None:
+    """List the metrics: name, spaces, declared direction, cost, and what it computes."""
+    from tfnas_ray.metrics import load_metrics
+
+    for name, metric in load_metrics().items():
+        for space, impl in metric.impls.items():
+            typer.echo(f"{name:28s} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.summary}")
+
+
+@app.command()
+def sample(
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    n: Annotated[int, typer.Option("-n", help="number of architectures")] = 100,
+    seed: Annotated[int, typer.Option(help="seed of the generator")] = 0,
+    out: Annotated[Path, typer.Option(help="archs table to write (.parquet)")] = Path("archs.parquet"),
+) -> None:
+    """Draw N architectures from a space's own distribution into an archs table."""
+    from tfnas_ray import tables
+    from tfnas_ray.pipeline import sample_archs
+
+    table = sample_archs(space, n, seed=seed)
+    tables.write_table("archs", table, out)
+    typer.echo(f"wrote {table.num_rows} {space} architectures to {out}")
+
+
+@app.command()
+def score(
+    archs: Annotated[Path, typer.Argument(help="archs table (.parquet)")],
+    metric: Annotated[list[str], typer.Option("--metric", "-m", help="metric name (repeat, or comma-separate); see `tfnas metrics`")],
+    out: Annotated[Path, typer.Option(help="directory of score shards")] = Path("scores"),
+    seed: Annotated[int, typer.Option(help="the run's seed")] = 0,
+    seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed (the paper's protocol)")] = "derived",
+    shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
+    workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
+    actors_per_gpu: Annotated[float, typer.Option(help="scorer actors sharing one GPU")] = 1.0,
+    corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
+    from tfnas_ray.distributed.scoring import ScoreConfig, ScoringInterrupted
+    from tfnas_ray.pipeline import score_table
+
+    batch_options = {} if corpus == "ptb" else {"corpus": corpus}
+    config = ScoreConfig(
+        metrics=tuple(_metric_names(metric) or ()),
+        seed=seed,
+        seeding=seeding,
+        shard_size=shard_size,
+        workers=workers,
+        device=device,
+        actors_per_gpu=actors_per_gpu,
+        batch_options=batch_options,
+    )
+    try:
+        summary = score_table(archs, out, config, address=address, progress=progress, log=typer.echo)
+    except ScoringInterrupted as stop:
+        fail(f"{stop}; {_resume_hint()}")
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"scores: {out}")
+
+
+@app.command()
+def correlate(
+    scores: Annotated[Path, typer.Argument(help="scores table or directory of shards")],
+    truth: Annotated[Path, typer.Argument(help="truth table (.parquet)")],
+    out: Annotated[Path, typer.Option(help="correlations table to write (.parquet)")] = Path("correlations.parquet"),
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+) -> None:
+    """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
+    against every target, signed."""
+    from tfnas_ray import tables
+    from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
+    from tfnas_ray.pipeline import directions
+
+    table = correlate_tables(
+        tables.read_table("scores", scores),
+        tables.read_table("truth", truth),
+        config=CorrelationConfig(resamples=resamples, seed=seed),
+        directions=directions(),
+    )
+    tables.write_table("correlations", table, out)
+    typer.echo(format_correlations(table))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def reproduce(
+    benchmark: Annotated[str, typer.Argument(help="shipped benchmark: see `tfnas benchmarks`")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/reproduce"),
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics (default: the paper's columns)")] = None,
+    seed: Annotated[int, typer.Option(help="model seed (0 and fixed seeding: the paper's values)")] = 0,
+    seeding: Annotated[str, typer.Option(help="fixed (the paper's protocol) or derived")] = "fixed",
+    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
+    limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
+    correlate, print."""
+    from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.pipeline import reproduce as reproduce_benchmark
+
+    try:
+        result = reproduce_benchmark(
+            benchmark,
+            out,
+            metrics=_metric_names(metric),
+            seed=seed,
+            seeding=seeding,
+            shard_size=shard_size,
+            workers=workers,
+            device=device,
+            limit=limit,
+            address=address,
+            resamples=resamples,
+            progress=progress,
+            log=typer.echo,
+        )
+    except ScoringInterrupted as stop:
+        fail(f"{stop}; {_resume_hint()}")
+    for line in result.summary.lines():
+        typer.echo(line)
+    typer.echo(result.report())
+    typer.echo(f"tables in {result.out_dir}: archs.parquet truth.parquet scores/ correlations.parquet")
+
+
+# ---- cluster jobs (issue 6) ----------------------------------------------------------
+
+_ADDRESS_HELP = (
+    "Ray dashboard URL of the cluster, e.g. http://HEAD:8265 "
+    "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, then http://127.0.0.1:8265)."
+)
+
+
+@app.command()
+def submit(
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            help="The tfnas command to run on the cluster, after `--`, without `tfnas`.",
+            show_default=False,
+        ),
+    ],
+    address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
+    working_dir: Annotated[
+        Path, typer.Option(help="Directory uploaded with the job; the command runs in it.")
+    ] = Path("."),
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Stream the job's output until it ends; exit 1 unless it succeeded.")
+    ] = False,
+) -> None:
+    """Run a tfnas command on a Ray cluster as a Ray job.
+
+    Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
+    """
+    from tfnas_ray.distributed import jobs
+
+    url = jobs.resolve_address(address)
+    job_id = jobs.submit_job(command, address=url, working_dir=working_dir)
+    typer.echo(f"submitted {job_id} to {url}")
+    if not wait:
+        typer.echo(f"follow it with: tfnas logs {job_id} --address {url} --follow")
+        return
+    for chunk in jobs.job_logs(url, job_id, follow=True):
+        typer.echo(chunk, nl=False)
+    info = jobs.wait_for_job(job_id, address=url)
+    if info.status != "SUCCEEDED":
+        fail(f"job {job_id} on {url} ended {info.status}: {info.reason}")
+    typer.echo(f"job {job_id} {info.status}")
+
+
+@app.command()
+def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None) -> None:
+    """List the jobs of a Ray cluster, oldest first."""
+    import datetime
+
+    from tfnas_ray.distributed import jobs as cluster_jobs
+
+    infos = cluster_jobs.list_jobs(address)
+    if not infos:
+        typer.echo(f"no jobs on {cluster_jobs.resolve_address(address)}")
+        return
+    typer.echo(f"{'JOB':<32} {'STATUS':<10} {'STARTED (UTC)':<20} ENTRYPOINT")
+    for info in infos:
+        started = (
+            datetime.datetime.fromtimestamp(info.start_time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if info.start_time is not None
+            else "-"
+        )
+        typer.echo(f"{info.job_id:<32} {info.status:<10} {started:<20} {info.entrypoint}")
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="Job id that `tfnas submit` printed (raysubmit_...).", show_default=False)],
+    address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the job ends.")] = False,
+) -> None:
+    """Print a Ray job's output."""
+    from tfnas_ray.distributed import jobs
+
+    for chunk in jobs.job_logs(address, job, follow=follow):
+        typer.echo(chunk, nl=False)
+
+
+# ---- transformers (issue 4) ----------------------------------------------------------
+
+
+@app.command("analyze-space")
+def analyze_space(
+    benchmark: Annotated[str, typer.Argument(help="a benchmark whose space has design choices: nb-bert")],
+    target: Annotated[str, typer.Option(help="glue or one GLUE task (cola, mnli, mrpc, qnli, qqp, rte, sst, sts)")] = "glue",
+    scores: Annotated[Optional[Path], typer.Option(help="scores table of the benchmark: adds each metric's τ inside the restricted space")] = None,
+    top_k: Annotated[int, typer.Option(help="how many of the best runs the restricted space should keep")] = 100,
+) -> None:
+    """Rank NAS-Bench-BERT's design choices by their effect on GLUE, test whether the layer
+    operations matter at all (the as-trained check), and show what a restricted space keeps."""
+    from tfnas_ray import tables
+    from tfnas_ray.analysis.space_analysis import analyze_space as analyze, format_analysis
+    from tfnas_ray.spaces.nasbench_bert.benchmarks import NAME, TARGETS, records
+
+    if benchmark != NAME:
+        fail(f"analyze-space knows benchmark {NAME!r} only, got {benchmark!r}")
+    if target not in TARGETS:
+        fail(f"target {target!r} is not one of {', '.join(TARGETS)}")
+    if top_k < 1:
+        fail(f"--top-k must be >= 1, got {top_k}")
+    scores_table = tables.read_table("scores", scores) if scores is not None else None
+    typer.echo(format_analysis(analyze(records(), target=target, scores=scores_table, top_k=top_k)))
+
+
+@app.command("build-tokenizer")
+def build_tokenizer(
+    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size")] = 16384,
+) -> None:
+    """Retrain the WikiText-2 WordPiece vocabulary shipped with the package (developers)."""
+    from tfnas_ray.data.tokenizer import write_vocabulary
+
+    typer.echo(f"wrote {write_vocabulary(vocab_size=vocab_size)}")
+
+
+# ---- ground truth by Ray Tune (issue 5) ----
+
+from enum import Enum  # noqa: E402  (kept in this block: choices are Enums)
+
+
+class TrainScheduler(str, Enum):
+    fifo = "fifo"
+    asha = "asha"
+
+
+class TrainCorpus(str, Enum):
+    ptb = "ptb"
+    wikitext2 = "wikitext-2"
+
+
+@app.command()
+def train(
+    archs: Annotated[Path, typer.Argument(help="archs table (.parquet) of one space")],
+    out: Annotated[Path, typer.Option(help="output directory: truth.parquet, the Tune experiment")] = Path("runs/train"),
+    epochs: Annotated[Optional[int], typer.Option(help="budget per trial: epochs")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="budget per trial: optimizer steps")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="budget per trial: training tokens")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="reports (and checkpoints) per trial for a step/token budget")] = None,
+    corpus: Annotated[Optional[TrainCorpus], typer.Option(help="training corpus (nb-nlp: ptb default)")] = None,
+    emsize: Annotated[Optional[int], typer.Option(help="nb-nlp embedding size (published 400; CPU default 64)")] = None,
+    nhid: Annotated[Optional[int], typer.Option(help="nb-nlp hidden size (published 600; CPU default 64)")] = None,
+    nlayers: Annotated[Optional[int], typer.Option(help="nb-nlp recurrent layers (published 3)")] = None,
+    train_tokens: Annotated[Optional[int], typer.Option(help="train on the first N training tokens only")] = None,
+    valid_tokens: Annotated[Optional[int], typer.Option(help="validate on the first N validation tokens only")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of every trial's initialisation and dropout")] = None,
+    scheduler: Annotated[TrainScheduler, typer.Option(help="fifo, or asha early stopping on the validation loss")] = TrainScheduler.fifo,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial (fractions share one); default 1 with GPUs, else 0")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="experiment storage every node can reach (shared path or s3://); default OUT/tune")] = None,
+) -> None:
+    """Train each architecture briefly, one Ray Tune trial each, into a truth table
+    (val_loss@BUDGET, train_loss@BUDGET). Rerun the same command to resume."""
+    from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_table
+
+    options = TuneOptions(scheduler=scheduler.value, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, storage=storage, verbose=1)
+    overrides = {
+        "iterations": iterations,
+        "corpus": corpus.value if corpus is not None else None,
+        "emsize": emsize,
+        "nhid": nhid,
+        "nlayers": nlayers,
+        "train_tokens": train_tokens,
+        "valid_tokens": valid_tokens,
+        "seed": seed,
+    }
+    budget = budget_from_options(epochs=epochs, steps=steps, tokens=tokens)
+    outcome = train_table(archs, out, budget=budget, overrides=overrides, options=options, address=address, log=typer.echo)
+    for line in outcome.lines():
+        typer.echo(line)
+    typer.echo(f"truth: {outcome.path} (experiment: {outcome.experiment}; rerun the same command to resume)")
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning domain errors into one line."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

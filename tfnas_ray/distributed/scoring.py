@@ -54,6 +54,8 @@ class ScoreConfig:
             scorer process exit abruptly on the first n attempts at that architecture
             (attempts are counted in files under `drill_dir`). Empty in real runs.
         drill_dir: where the drill counts attempts (shared by restarted actors).
+        simulate_gpus: run GPU actors on the CPU — to test placement on a cluster of
+            logical GPUs (`ray start --num-gpus 4` on a machine without any).
     """
 
     metrics: tuple[str, ...]
@@ -68,6 +70,7 @@ class ScoreConfig:
     max_tries: int = 3
     exit_drill: Mapping[str, int] = field(default_factory=dict)
     drill_dir: str | None = None
+    simulate_gpus: bool = False
 
     def __post_init__(self) -> None:
         if self.seeding not in SEEDINGS:
@@ -204,32 +207,46 @@ def _make_actor_class():
     class ScorerActor:
         """Scores architectures on one device (a GPU Ray assigned it, or the CPU)."""
 
-        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any]):
+        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any], simulate_gpus: bool):
+            import torch
+
             from tfnas_ray.metrics.scoring import pick_threads
 
             self._gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # ids Ray gave this actor
+            self._problem = None  # why this actor cannot score, reported by describe()
+            self._device = "cpu"
+            self._label = "cpu"
             if device_kind == "gpu":
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise TfnasError(
-                        f"Ray assigned GPU {','.join(self._gpu_ids) or '?'} but torch sees no CUDA device "
-                        f"(torch {torch.__version__}); install a CUDA build of torch on the workers"
+                gpu = ",".join(self._gpu_ids) or "?"
+                if simulate_gpus:
+                    self._label = f"cpu (simulated gpu {gpu})"
+                elif torch.cuda.is_available():
+                    self._device = "cuda:0"  # CUDA_VISIBLE_DEVICES holds only the assigned GPU
+                    self._label = f"cuda (gpu {gpu})"
+                else:
+                    self._problem = (
+                        f"Ray assigned GPU {gpu} to a scorer, but torch {torch.__version__} there sees no "
+                        "CUDA device; install a CUDA build of torch on the GPU workers"
                     )
-                self._device = "cuda:0"  # CUDA_VISIBLE_DEVICES holds only the assigned GPU(s)
-            else:
-                self._device = "cpu"
             pick_threads(self._device)
             self._batch_options = dict(batch_options)
             self._model_options = dict(model_options)
             self._batches: dict[str, Any] = {}  # space -> metric minibatch, built once
 
         def describe(self) -> dict:
-            return {"device": self._device, "gpu_ids": self._gpu_ids, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+            return {
+                "device": self._label,
+                "gpu_ids": self._gpu_ids,
+                "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id(),
+                "problem": self._problem,
+            }
 
         def score(self, items: list[tuple[str, str, str, int]], metrics: list[str], drill: Mapping[str, int], drill_dir: str | None) -> list[dict]:
-            from tfnas_ray.metrics import BATCHES
+            from tfnas_ray.metrics import BATCHES, load_metrics
             from tfnas_ray.metrics.scoring import score_architecture
+
+            load_metrics()  # fills the metric and batch registries in this process
 
             rows = []
             for arch_id, space, spec, seed in items:
@@ -247,8 +264,7 @@ def _make_actor_class():
                     device=self._device,
                     options=self._model_options,
                 ):
-                    if self._device != "cpu":
-                        row["device"] = f"cuda:{','.join(self._gpu_ids)}"
+                    row["device"] = self._label
                     rows.append(row)
             return rows
 
@@ -361,9 +377,15 @@ def run_scoring(
     if todo:
         kind, count, resources = _actor_plan(config, len(todo))
         actor_class = _make_actor_class().options(max_restarts=-1, max_task_retries=0, **resources)
-        actors = [actor_class.remote(kind, dict(config.batch_options), dict(config.model_options)) for _ in range(count)]
+        actors = [
+            actor_class.remote(kind, dict(config.batch_options), dict(config.model_options), config.simulate_gpus)
+            for _ in range(count)
+        ]
         drill_dir = config.drill_dir or str(out / ".drill")
         try:
+            problems = {info["problem"] for info in ray.get([a.describe.remote() for a in actors]) if info["problem"]}
+            if problems:
+                raise TfnasError(sorted(problems)[0])
             _drive(actors, todo, config, metrics, out, summary, bar, drill_dir, ray)
         except KeyboardInterrupt:
             bar.close()

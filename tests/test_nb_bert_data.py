@@ -1,0 +1,83 @@
+"""The WikiText-2 WordPiece tokenizer, the metric minibatch, and the nb-bert benchmark."""
+
+from __future__ import annotations
+
+import json
+import lzma
+
+import pytest
+import torch
+
+from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.data import tokenizer as tk
+from tfnas_ray.errors import TfnasError
+
+
+def test_vocabulary_layout():
+    vocab = tk.vocabulary()
+    assert len(vocab) == tk.VOCAB_SIZE == 16384
+    assert vocab[:5] == tk.SPECIAL_TOKENS
+    assert list(vocab[5:]) == sorted(vocab[5:])  # ids independent of the trainer's order
+    assert len(set(vocab)) == len(vocab)
+
+
+def test_round_trip_of_wikitext_text():
+    tok = tk.load_tokenizer()
+    text = "the tower was built in 1889 by gustave eiffel's company , and it is 330 metres tall ."
+    encoding = tok.encode(text)
+    assert "[UNK]" not in encoding.tokens
+    decoded = tok.decode(encoding.ids)
+    # BERT's decoder rejoins ## pieces and glues , and . to the left: lower-cased text
+    assert decoded == "the tower was built in 1889 by gustave eiffel ' s company, and it is 330 metres tall."
+    assert tok.encode(decoded).ids == encoding.ids
+    assert tok.encode("The [UNK] world").tokens == ["the", "[UNK]", "world"]  # special stays whole
+
+
+def test_metric_batch_is_fixed_and_framed():
+    batch = tk.metric_batch()
+    ids = batch["input_ids"]
+    assert ids.shape == (128, 128) and ids.dtype == torch.long
+    assert torch.all(ids[:, 0] == tk.CLS) and torch.all(ids[:, -1] == tk.SEP)
+    assert torch.all(batch["attention_mask"] == 1)
+    assert torch.equal(tk.metric_batch()["input_ids"], ids)
+    # consecutive slices of one token stream: sequence 1 starts where sequence 0 ends
+    stream = tk.load_tokenizer().encode(tk._wikitext_lines("train")[0], add_special_tokens=False).ids
+    assert ids[0, 1 : 1 + min(len(stream), 126)].tolist() == stream[:126]
+    small = tk.metric_batch(batch_size=4, seq_len=16)["input_ids"]
+    assert small.shape == (4, 16) and torch.equal(small[0, 1:15], ids[0, 1:15])
+
+
+def test_metric_batch_checks_its_arguments():
+    with pytest.raises(TfnasError, match="seq_len must be in \\[3, 512\\].*got 1000"):
+        tk.metric_batch(seq_len=1000)
+    with pytest.raises(TfnasError, match="batch_size must be >= 2, got 1"):
+        tk.metric_batch(batch_size=1)
+
+
+def test_benchmark_tables(shared_data):
+    bench = get_benchmark("nb-bert")
+    assert bench.space == "nb-bert" and bench.primary_target == "glue"
+    archs, truth = bench.load()
+    assert archs.num_rows == 491  # 500 runs, 9 architectures run twice
+    assert truth.num_rows == 500 * 9  # one row per run and target
+    assert set(truth.column("target").to_pylist()) == {"glue", "cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst", "sts"}
+    published = {e["id"]: e for e in json.load(open(shared_data / "nas-bench-bert" / "BERT_benchmark.json"))}
+    rows = {(r["benchmark_id"], r["target"]): r for r in truth.to_pylist()}
+    assert rows[("0", "glue")]["value"] == published[0]["scores"]["glue"] == 74.73375
+    # the duplicate pair 60/222: one architecture, two runs, two truth rows
+    arch = {r["benchmark_id"]: r["arch_id"] for r in archs.to_pylist()}["60+222"]
+    assert rows[("60", "glue")]["arch_id"] == rows[("222", "glue")]["arch_id"] == arch
+    assert (rows[("60", "glue")]["value"], rows[("222", "glue")]["value"]) == (67.75875, 65.74)
+    # GLUE is the mean of the eight tasks in the published file
+    e = published[0]["scores"]
+    assert sum(e[t] for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst", "sts")) / 8 == pytest.approx(e["glue"])
+
+
+@pytest.mark.slow
+def test_regenerating_the_vocabulary_reproduces_the_shipped_one(tmp_path):
+    """`python -m tfnas_ray.data.tokenizer` retrains it; the trainer breaks ties between
+    equally frequent pairs in hash-map order, so a few tokens at the cut-off may differ."""
+    path = tk.write_vocabulary(tmp_path / "vocab.txt.xz")
+    retrained = lzma.decompress(path.read_bytes()).decode("utf-8").splitlines()
+    assert len(retrained) == len(tk.vocabulary())
+    assert len(set(retrained) ^ set(tk.vocabulary())) <= 10

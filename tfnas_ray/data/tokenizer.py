@@ -1,0 +1,134 @@
+"""A WordPiece tokenizer trained on WikiText-2 train, and the nb-bert metric minibatch.
+
+No model hub: the vocabulary ships as package data (`files/wordpiece-wt2-vocab.txt.xz`)
+and is regenerated, byte for byte, with
+
+    python -m tfnas_ray.data.tokenizer
+
+The tokenizer is BERT's uncased recipe (NFD + lower-case + strip accents, split on
+whitespace and punctuation, WordPiece with `##` continuations). WikiText-2 writes
+unknown words as `<unk>`; they are mapped to `[UNK]` before training and encoding.
+"""
+
+from __future__ import annotations
+
+import lzma
+import sys
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from tfnas_ray.data.corpora import read_text
+from tfnas_ray.errors import TfnasError
+
+VOCAB_FILE = "wordpiece-wt2-vocab.txt.xz"
+VOCAB_SIZE = 16384
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, BERT order of roles
+PAD, UNK, CLS, SEP, MASK = range(5)
+
+
+def _wikitext_lines(split: str) -> list[str]:
+    """Non-empty lines of WikiText-2 `split`, with `<unk>` as `[UNK]`."""
+    return [line.replace("<unk>", "[UNK]") for line in read_text("wikitext-2", split).splitlines() if line.strip()]
+
+
+def _empty_tokenizer(vocab: dict[str, int] | None) -> Tokenizer:
+    model = models.WordPiece(vocab=vocab, unk_token="[UNK]") if vocab else models.WordPiece(unk_token="[UNK]")
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    if vocab:
+        # registered as special, `[UNK]` in the text is one token, not "[", "unk", "]"
+        tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def train_vocabulary(vocab_size: int = VOCAB_SIZE) -> list[str]:
+    """Train WordPiece on WikiText-2 train and return the vocabulary in id order.
+
+    Ids: the special tokens first, then every other token in code-point order. WordPiece
+    encodes by greedy longest match, so ids do not depend on the order merges were
+    learnt, and sorting makes them independent of the trainer's hash-map order. The
+    trainer breaks ties between equally frequent pairs in that (random) order, so a
+    retrained vocabulary can differ from the shipped one in a few tokens at the size
+    cut-off (2 of 16,384 in our runs); the shipped file is the reference.
+    """
+    tokenizer = _empty_tokenizer(None)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tokenizer.train_from_iterator(_wikitext_lines("train"), trainer=trainer)
+    learnt = set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS)
+    return list(SPECIAL_TOKENS) + sorted(learnt)
+
+
+def write_vocabulary(path: Path | None = None, vocab_size: int = VOCAB_SIZE) -> Path:
+    """Train and write the vocabulary (one token a line, xz-compressed) to the package data."""
+    path = path or Path(__file__).parent / "files" / VOCAB_FILE
+    text = "\n".join(train_vocabulary(vocab_size)) + "\n"
+    path.write_bytes(lzma.compress(text.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))
+    return path
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> tuple[str, ...]:
+    """The shipped vocabulary, id order."""
+    blob = resources.files("tfnas_ray.data").joinpath("files", VOCAB_FILE)
+    if not blob.is_file():
+        raise TfnasError(
+            f"the WordPiece vocabulary {VOCAB_FILE} is missing from the package data; "
+            f"regenerate it with: python -m tfnas_ray.data.tokenizer"
+        )
+    return tuple(lzma.decompress(blob.read_bytes()).decode("utf-8").splitlines())
+
+
+@lru_cache(maxsize=1)
+def load_tokenizer() -> Tokenizer:
+    """The WikiText-2 WordPiece tokenizer (cached per process)."""
+    return _empty_tokenizer({token: i for i, token in enumerate(vocabulary())})
+
+
+def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "train") -> dict[str, torch.Tensor]:
+    """The fixed nb-bert metric minibatch: `batch_size` sequences `[CLS] w… [SEP]` of
+    `seq_len` tokens, cut one after another from the start of WikiText-2 `split`.
+
+    Lines are encoded in order and their tokens concatenated; sequence i holds tokens
+    [i·(seq_len−2), (i+1)·(seq_len−2)) of that stream. No padding, so the attention mask
+    is all ones. The same arguments give the same batch on every machine.
+
+    Returns:
+        {"input_ids": (batch_size, seq_len) int64, "attention_mask": same shape, int64}.
+    Raises:
+        TfnasError: a size below the minimum.
+    """
+    if batch_size < 2:
+        raise TfnasError(f"batch_size must be >= 2, got {batch_size}")
+    if not 3 <= seq_len <= 512:
+        raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {seq_len}")
+    body = seq_len - 2
+    needed = batch_size * body
+    tokenizer = load_tokenizer()
+    stream: list[int] = []
+    for line in _wikitext_lines(split):
+        stream.extend(tokenizer.encode(line, add_special_tokens=False).ids)
+        if len(stream) >= needed:
+            break
+    if len(stream) < needed:
+        raise TfnasError(f"WikiText-2 {split} has only {len(stream)} tokens; {needed} needed")
+    ids = torch.tensor(stream[:needed], dtype=torch.long).view(batch_size, body)
+    cls = torch.full((batch_size, 1), CLS, dtype=torch.long)
+    sep = torch.full((batch_size, 1), SEP, dtype=torch.long)
+    input_ids = torch.cat([cls, ids, sep], dim=1)  # (batch_size, seq_len)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        sys.exit("usage: python -m tfnas_ray.data.tokenizer [VOCAB_SIZE]")
+    size = int(sys.argv[1]) if len(sys.argv) == 2 else VOCAB_SIZE
+    out = write_vocabulary(vocab_size=size)
+    print(f"{out}: {len(vocabulary.__wrapped__())} tokens")

@@ -1,0 +1,447 @@
+"""Ground truth by Ray Tune: one short training run per architecture, resumable.
+
+`train_architectures` runs one Tune trial per architecture (a `grid_search` over the
+arch ids), each a short training run of `tfnas_ray.training` with a stated budget.
+Every iteration reports its losses (`ray.tune.report`) with a checkpoint of the whole
+run, so rerunning the same command after the driver was killed calls `Tuner.restore`
+and continues every unfinished trial from its last checkpoint; finished trials are
+not run again. A trial whose loss turns NaN/inf stops itself and is recorded as
+diverged, with its curve so far — it ends normally, so Tune never retries it.
+
+The results become rows of the `truth` table: `val_loss@<budget>` and
+`train_loss@<budget>` (e.g. `val_loss@3ep`, `val_loss@100ktok`; nb-bert runs:
+`val_mlm_loss@200st`, `train_mlm_loss@200st`), with the per-iteration curve, the run's
+wall time and its status (`ok`, `diverged`, `stopped_early` by ASHA, `error`), so
+`tfnas correlate` reads them like published truth.
+
+Example:
+    >>> from tfnas_ray.training.lm import Budget, TrainConfig
+    >>> truth = train_architectures(archs, "runs/train",                      # doctest: +SKIP
+    ...     train=TrainConfig(budget=Budget("tokens", 100_000), emsize=64, nhid=64))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pyarrow as pa
+
+from tfnas_ray import tables
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
+
+SCHEDULERS = ("fifo", "asha")
+EXPERIMENT_NAME = "train"
+MANIFEST = "train_manifest.json"  # what the experiment in an out dir was started with
+CHECKPOINT_FILE = "trainer.pt"
+
+# The default budget where the cluster has no GPU: a width shrunk from the published
+# 400 / 600 to 64 / 64 and 100k training tokens (~70 optimizer steps of batch 20),
+# validated on the first 10k validation tokens — about half a minute per trial on one
+# busy CPU core here, most of it the 10,000-word softmax.
+CPU_DEFAULTS: Mapping[str, Any] = {
+    "budget": Budget("tokens", 100_000),
+    "emsize": 64,
+    "nhid": 64,
+    "valid_tokens": 10_000,
+}
+# With GPUs: the published model and hyper-parameters, 3 epochs.
+GPU_DEFAULTS: Mapping[str, Any] = {"budget": Budget("epochs", 3)}
+
+
+def default_train_config(*, gpus: bool, **overrides: Any) -> TrainConfig:
+    """The run's `TrainConfig`: the GPU or CPU defaults, then `overrides` (None skipped).
+
+    Example:
+        >>> default_train_config(gpus=False).describe()   # doctest: +ELLIPSIS
+        'ptb, budget 100,000 tokens per trial in 4 iterations, emsize 64 / nhid 64 ...'
+    """
+    fields = dict(GPU_DEFAULTS if gpus else CPU_DEFAULTS)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**fields)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How Tune runs the trials (not what they train: that is the `TrainConfig`).
+
+    Attributes:
+        scheduler: "fifo" (every trial to its budget) or "asha" (ASHA early stopping on
+            the validation loss, checked at each iteration).
+        gpus_per_trial: GPUs per trial; None: 1 where the cluster has GPUs, else 0.
+            Fractions share a GPU between trials.
+        cpus_per_trial: CPUs per trial.
+        storage: where Tune keeps the experiment (trial checkpoints, results); every
+            node must reach it on a real cluster (a shared file system or s3://…).
+            None: `<out>/tune`.
+        max_failures: retries of a trial that errors (a crash, not a divergence).
+        verbose: Tune's console verbosity (0 silent … 3 detailed).
+    """
+
+    scheduler: str = "fifo"
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    storage: str | None = None
+    max_failures: int = 1
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise TfnasError(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial:
+            raise TfnasError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise TfnasError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
+        if not self.cpus_per_trial > 0:
+            raise TfnasError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.max_failures < 0:
+            raise TfnasError(f"max_failures must be >= 0, got {self.max_failures}")
+
+
+# ---- the trial -------------------------------------------------------------------------
+
+
+def _make_trainer(space: str, spec: str, train: Mapping[str, Any], device: str):
+    """The trainer of one architecture; the space decides which loop trains it."""
+    if space == "nb-nlp":
+        return LMTrainer(spec, TrainConfig.from_dict(train), device=device)
+    if space == "nb-bert":
+        from tfnas_ray.training.mlm import MLMConfig, MLMTrainer
+
+        return MLMTrainer(spec, MLMConfig.from_dict(train), device=device)
+    raise TfnasError(f"no training loop for space {space!r}; known: nb-nlp, nb-bert")
+
+
+def train_trial(config: dict[str, Any], *, specs: Mapping[str, str]) -> None:
+    """Tune function trainable: train `config["arch_id"]`, reporting every iteration.
+
+    config: {"arch_id": …, "space": …, "train": TrainConfig/MLMConfig fields}; the
+    specs come through `tune.with_parameters` (the object store), not the config, so
+    every result row stays small.
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    arch_id = config["arch_id"]
+    # One torch thread per CPU the trial holds: more threads than cores make small
+    # models wait on each other (10x slower on a shared 2-core machine).
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    # Ray hides GPUs a trial did not ask for, so this is true only for GPU trials.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trainer = _make_trainer(config["space"], specs[arch_id], config["train"], device)
+    restored_from = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        trainer.load_state_dict(state)
+        restored_from = trainer.iteration
+    while not trainer.finished:
+        result = trainer.train_iteration()
+        metrics = {
+            **result,
+            "arch_id": arch_id,
+            "restored_from_iteration": restored_from,
+            "val_curve": [h["val_loss"] for h in trainer.history],
+            "train_curve": [h["train_loss"] for h in trainer.history],
+            "budget_done": trainer.finished and not trainer.diverged,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    # Returning ends the trial normally (TERMINATED): a diverged run is a result, not
+    # an error for Tune to retry.
+
+
+def _trial_dirname(trial) -> str:
+    # Arch ids are unique within an experiment; short, stable names beat Tune's default
+    # of the whole config.
+    return f"arch_{trial.config['arch_id']}"
+
+
+# ---- the experiment ----------------------------------------------------------------------
+
+
+@dataclass
+class TrainOutcome:
+    """What `train_architectures` produced.
+
+    Attributes:
+        truth: the truth table (also written to `<out>/truth.parquet`).
+        path: where it was written.
+        experiment: the Tune experiment directory (resume by rerunning the same call).
+        resumed: whether this call restored an interrupted experiment.
+        config: the training config every trial used (as a dict).
+    """
+
+    truth: pa.Table
+    path: Path
+    experiment: str
+    resumed: bool
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """One line per status count and the wall time per trial."""
+        rows = [r for r in self.truth.to_pylist() if r["target"].startswith("val_")]  # one per trial
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        seconds = sorted(r["seconds"] for r in rows if r["seconds"] is not None)
+        out = [
+            f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+            + (f" — restored the experiment in {self.experiment}" if self.resumed else "")
+        ]
+        if seconds:
+            median = seconds[len(seconds) // 2]
+            out.append(f"wall time per trial (train + validation): median {median:.1f} s, min {seconds[0]:.1f} s, max {seconds[-1]:.1f} s")
+        return out
+
+
+def _arch_items(archs: pa.Table) -> list[dict[str, Any]]:
+    """Rows of the archs table, checked: one space, unique ids, valid specs."""
+    from tfnas_ray.spaces import get_space
+
+    if archs.num_rows == 0:
+        raise TfnasError("archs table has no rows: nothing to train")
+    rows = archs.select(["arch_id", "space", "spec", "benchmark_id"]).to_pylist()
+    spaces = sorted({r["space"] for r in rows})
+    if len(spaces) != 1:
+        raise TfnasError(f"archs table mixes spaces {', '.join(spaces)}; train one space per run")
+    seen: set[str] = set()
+    for row in rows:
+        if row["arch_id"] in seen:
+            raise TfnasError(f"archs table lists arch_id {row['arch_id']} twice; ids must be unique")
+        seen.add(row["arch_id"])
+        try:
+            get_space(row["space"]).canonicalize(row["spec"])
+        except TfnasError as err:
+            raise TfnasError(f"archs table: arch_id {row['arch_id']}: {err}") from None
+    return rows
+
+
+def _check_manifest(out_dir: Path, manifest: dict[str, Any], experiment: str) -> None:
+    """Refuse to resume an experiment that was started with other architectures or
+    another config: its trials would mix two budgets under one target name."""
+    path = out_dir / MANIFEST
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != manifest:
+            changed = sorted(k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k))
+            raise TfnasError(
+                f"{out_dir} holds an experiment ({experiment}) started with different "
+                f"{', '.join(changed)}; rerun with the same options to resume it, or use a new --out"
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def train_architectures(
+    archs: pa.Table,
+    out_dir: str | os.PathLike,
+    *,
+    train: TrainConfig | Any,
+    options: TuneOptions = TuneOptions(),
+    address: str | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> TrainOutcome:
+    """Train every architecture of `archs` as one Tune trial; write the truth table.
+
+    Args:
+        archs: an archs table of one space (nb-nlp: `TrainConfig`; nb-bert: `MLMConfig`).
+        out_dir: gets `truth.parquet`, the manifest, and (by default) the experiment.
+        train: the training config every trial uses (budget, width, corpus slice).
+        options: scheduler, resources, storage.
+        address: Ray cluster to join; None starts a local one (if Ray is not running).
+        log: receives progress lines.
+
+    Returns:
+        The outcome; its `truth` has two rows per architecture (val_loss@…, train_loss@…).
+
+    Raises:
+        TfnasError: bad archs, a config that differs from the experiment being resumed.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tfnas_ray.distributed.cluster import cluster_gpus, connect
+
+    items = _arch_items(archs)
+    space = items[0]["space"]
+    out_dir = Path(out_dir).resolve()
+    storage = options.storage or str(out_dir / "tune")
+    experiment = storage.rstrip("/") + "/" + EXPERIMENT_NAME
+    manifest = {
+        "arch_ids": [r["arch_id"] for r in items],
+        "space": space,
+        "train": train.to_dict(),
+        "scheduler": options.scheduler,
+    }
+    _check_manifest(out_dir, manifest, experiment)
+
+    connect(address)
+    # With one checkpoint kept per trial, Tune snapshots the experiment after every trial
+    # checkpoint (what makes resume lose little) and warns that this may be slow; for
+    # short iterations it is the point, so the warning is off unless the user set it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus() > 0 else 0.0
+    specs = {r["arch_id"]: r["spec"] for r in items}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, specs=specs),
+        {"cpu": options.cpus_per_trial, "gpu": gpus},
+    )
+    resumed = tune.Tuner.can_restore(experiment)
+    if resumed:
+        log(f"resuming the experiment in {experiment}")
+        # Unfinished trials continue from their last checkpoint; errored ones too (a
+        # crash is worth one more try per rerun); finished ones are kept as they are.
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = None
+        if options.scheduler == "asha":
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                metric="val_loss",
+                mode="min",
+                max_t=train.num_iterations,
+                grace_period=1,
+                reduction_factor=2,
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "arch_id": tune.grid_search([r["arch_id"] for r in items]),
+                "space": space,
+                "train": train.to_dict(),
+            },
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT_NAME,
+                storage_path=storage,
+                verbose=options.verbose,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                # Keeping one checkpoint per trial also makes Tune save the experiment
+                # state after every trial checkpoint (sync_every_n_trial_checkpoints =
+                # num_to_keep), so a killed driver loses at most the running iteration.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    log(f"training {len(items)} architectures: {train.describe()}; {gpus:g} GPU and {options.cpus_per_trial:g} CPU per trial")
+    results = tuner.fit()
+    truth = results_to_truth(results, items, train=train)
+    path = tables.write_table("truth", truth, out_dir / "truth.parquet")
+    return TrainOutcome(truth=truth, path=path, experiment=experiment, resumed=resumed, config=train.to_dict())
+
+
+def results_to_truth(results, items: list[dict[str, Any]], *, train: Any) -> pa.Table:
+    """Turn a Tune `ResultGrid` into truth rows, in the archs table's order.
+
+    Status: "ok" (trained to the budget), "diverged" (NaN/inf loss; value null, curve so
+    far), "stopped_early" (ASHA; value null, curve so far), "error" (the trial failed;
+    value null).
+    """
+    by_arch: dict[str, Any] = {}
+    for result in results:
+        if result.config is not None:
+            by_arch[result.config["arch_id"]] = result
+    label = train.budget.label
+    source = train.source
+    rows = []
+    for item in items:
+        result = by_arch.get(item["arch_id"])
+        metrics = (result.metrics or {}) if result is not None else {}
+        if result is None or result.error is not None or not metrics.get("iteration"):
+            status = "error"
+        elif metrics.get("diverged"):
+            status = "diverged"
+        elif not metrics.get("budget_done"):
+            status = "stopped_early"
+        else:
+            status = "ok"
+        for name, target in train.TARGETS.items():
+            value = metrics.get(name)
+            rows.append(
+                {
+                    "arch_id": item["arch_id"],
+                    "target": f"{target}@{label}",
+                    "value": float(value) if status == "ok" and value is not None and math.isfinite(value) else None,
+                    "source": source,
+                    "benchmark_id": item["benchmark_id"],
+                    "curve": [float(v) for v in metrics.get(name.replace("_loss", "_curve"), [])],
+                    "seconds": float(metrics["seconds"]) if "seconds" in metrics else None,
+                    "status": status,
+                }
+            )
+    table = tables.from_rows("truth", rows)
+    return table.replace_schema_metadata({"tfnas.train_config": json.dumps(train.to_dict(), sort_keys=True)})
+
+
+def budget_from_options(*, epochs: int | None = None, steps: int | None = None, tokens: int | None = None) -> Budget | None:
+    """The one budget given on the command line (None if none was).
+
+    Raises:
+        TfnasError: more than one of epochs, steps, tokens.
+    """
+    given = {kind: amount for kind, amount in (("epochs", epochs), ("steps", steps), ("tokens", tokens)) if amount is not None}
+    if len(given) > 1:
+        raise TfnasError(
+            f"give one budget per run, got {', '.join(f'--{k} {v}' for k, v in given.items())}; "
+            "allowed: one of --epochs, --steps, --tokens"
+        )
+    if not given:
+        return None
+    (kind, amount), = given.items()
+    return Budget(kind, amount)
+
+
+def train_table(
+    archs_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    budget: Budget | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    options: TuneOptions = TuneOptions(),
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """`tfnas train`: read an archs table, pick the defaults for the cluster, train.
+
+    Without a budget, the defaults depend on the cluster: with GPUs the published model
+    for 3 epochs (nb-nlp); without, the shrunk CPU budget (`CPU_DEFAULTS`), stated in
+    the log. `overrides` are config fields (None values ignored).
+    """
+    from tfnas_ray.distributed.cluster import cluster_gpus, connect
+
+    archs = tables.read_table("archs", archs_path)
+    items = _arch_items(archs)  # check before starting Ray
+    connect(address)
+    has_gpus = cluster_gpus() > 0 and options.gpus_per_trial != 0
+    fields = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if budget is not None:
+        fields["budget"] = budget
+    if items[0]["space"] == "nb-bert":
+        from tfnas_ray.training.mlm import default_mlm_config
+
+        train = default_mlm_config(gpus=has_gpus, **fields)
+    else:
+        train = default_train_config(gpus=has_gpus, **fields)
+        defaults = GPU_DEFAULTS if has_gpus else CPU_DEFAULTS
+        used = [k for k in defaults if k not in fields]
+        if used:
+            log(
+                f"{'GPU' if has_gpus else 'CPU'} defaults (the cluster has {'GPUs' if has_gpus else 'no GPU'}): "
+                + ", ".join(f"{k}={defaults[k].label if isinstance(defaults[k], Budget) else defaults[k]}" for k in used)
+            )
+    return train_architectures(archs, out_dir, train=train, options=options, address=address, log=log)
