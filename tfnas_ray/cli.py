@@ -11,10 +11,24 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from tfnas_ray.errors import TfnasError
 
+
+class _OneLineErrors(TyperGroup):
+    """Every command's domain error becomes `error: …` on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TfnasError as err:
+            typer.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="tfnas",
     help="Training-free neural architecture search for RNNs and transformers, on Ray.",
     no_args_is_help=True,
@@ -155,6 +169,8 @@ def reproduce(
     limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
+    train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
@@ -175,6 +191,8 @@ def reproduce(
             limit=limit,
             address=address,
             resamples=resamples,
+            as_trained=as_trained,
+            train=train,
             progress=progress,
             log=typer.echo,
         )

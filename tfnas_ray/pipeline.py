@@ -73,9 +73,15 @@ class ReproduceResult:
     out_dir: Path
     summary: ScoreSummary
     correlations: pa.Table
+    short_runs: pa.Table | None = None  # with --train N: τ of short runs vs published, metrics vs short runs
 
     def report(self) -> str:
-        return format_correlations(self.correlations)
+        text = format_correlations(self.correlations)
+        if self.short_runs is not None:
+            from tfnas_ray.analysis.short_runs import format_short_run_report
+
+            text += "\n\nshort training runs (Ray Tune):\n" + format_short_run_report(self.short_runs)
+        return text
 
 
 def reproduce(
@@ -91,6 +97,8 @@ def reproduce(
     limit: int | None = None,
     address: str | None = None,
     resamples: int = 1000,
+    as_trained: bool = False,
+    train: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
@@ -99,6 +107,10 @@ def reproduce(
 
     `seeding="fixed"` with seed 0 is the paper's protocol: our values then equal the
     authors' published per-architecture values. `limit` keeps the first N archs.
+    `as_trained` builds nb-bert models as the authors' pretraining did (every layer
+    scaled-dot-product attention). `train` > 0 also trains that many of the benchmark's
+    architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
+    against the published result, and of every metric against the short-run loss.
     """
     from tfnas_ray.distributed.cluster import connect
 
@@ -121,7 +133,12 @@ def reproduce(
         shard_size=shard_size,
         workers=workers,
         device=device,
+        model_options={"as_trained": True} if as_trained else {},
     )
+    if as_trained and bench.space != "nb-bert":
+        raise TfnasError(f"--as-trained applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
+    if train < 0:
+        raise TfnasError(f"--train must be >= 0, got {train}")
     connect(address)
     summary = run_scoring(archs, out / "scores", config, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
@@ -134,4 +151,30 @@ def reproduce(
         targets=targets,
     )
     tables.write_table("correlations", correlations, out / "correlations.parquet")
-    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations)
+    short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=seed, log=log) if train else None
+    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs)
+
+
+def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: Path, n: int, *, seed: int, log) -> pa.Table:
+    """Train `n` of the benchmark's architectures (drawn with `seed`) with the default
+    short budget, and compare: short-run loss vs published truth, metrics vs short runs."""
+    import random
+
+    from tfnas_ray.analysis.short_runs import short_run_report
+    from tfnas_ray.distributed.cluster import cluster_gpus
+    from tfnas_ray.distributed.tune import TuneOptions, default_train_config, train_architectures
+
+    n = min(n, archs.num_rows)
+    subset = archs.take(sorted(random.Random(seed).sample(range(archs.num_rows), n)))
+    space = subset.column("space")[0].as_py()
+    if space == "nb-bert":
+        from tfnas_ray.training.mlm import default_mlm_config
+
+        config = default_mlm_config(gpus=cluster_gpus() > 0)
+    else:
+        config = default_train_config(gpus=cluster_gpus() > 0)
+    log(f"training {n} architectures: {config.describe()}")
+    outcome = train_architectures(subset, out / "train", train=config, options=TuneOptions(), log=log)
+    report = short_run_report(outcome.truth, truth, scores)
+    tables.write_table("truth", outcome.truth, out / "truth_short.parquet")
+    return report

@@ -124,12 +124,14 @@ class RecurrentLayer(nn.Module):
         recipe = self.recipe
 
         # All steps' x-projections in one matmul: (T·B, I) @ (I, n·H) -> (T, B, n·H).
-        x_slices: dict[str, list[torch.Tensor]] = {}
+        x_slices: dict[str, list[tuple[torch.Tensor, ...]]] = {}  # node -> per input, T steps
         if self._x_readers:
             weights = torch.cat([self._weight(n, j) for n, j in self._x_readers], dim=0)
             projected = (inputs.reshape(T * B, -1) @ weights.t()).view(T, B, len(self._x_readers), H)
             for position, (node, _) in enumerate(self._x_readers):
-                x_slices.setdefault(node, []).append(projected[:, :, position])
+                # unbind once: the backward of T separate step slices would zero-fill a
+                # full (T, B, H) gradient per step (quadratic in T); unbind's is one stack.
+                x_slices.setdefault(node, []).append(projected[:, :, position].unbind(0))
         source_weights = {
             source: torch.cat([self._weight(n, j) for n, j in readers], dim=0).t()
             for source, readers in self._readers.items()
@@ -148,8 +150,8 @@ class RecurrentLayer(nn.Module):
                 readers = self._readers.get(name)
                 if readers:
                     projected = (value @ source_weights[name]).view(B, len(readers), H)
-                    for position, (node, _) in enumerate(readers):
-                        partial.setdefault(node, []).append(projected[:, position])
+                    for (node, _), chunk in zip(readers, projected.unbind(1)):
+                        partial.setdefault(node, []).append(chunk)
 
             for i, h in enumerate(state):
                 if i == 0 and recorder is not None:
