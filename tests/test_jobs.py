@@ -261,27 +261,38 @@ def loopback_cluster():
 
 @pytest.mark.slow
 def test_submit_wait_runs_the_command_and_lists_and_logs_it(loopback_cluster):
+    """A real scoring job: `tfnas submit -- score …` on the loopback cluster writes its
+    Parquet shards, and `jobs` / `logs` show it."""
+    from tfnas_ray import tables
+    from tfnas_ray.pipeline import sample_archs
+
     cluster = loopback_cluster
-    submitted = cluster.tfnas("submit", "--address", cluster.url, "--working-dir", str(REPO), "--wait", "--", "--help")
+    archs = cluster.root / "archs.parquet"
+    tables.write_table("archs", sample_archs("nb-nlp", 4, seed=0), archs)
+    scores = cluster.root / "scores"
+    command = ["score", str(archs), "--metric", "params", "--out", str(scores), "--address", "auto", "--no-progress"]
+    submitted = cluster.tfnas(
+        "submit", "--address", cluster.url, "--working-dir", str(REPO), "--wait", "--", *command, timeout=180
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     match = re.search(r"submitted (raysubmit_\w+) to " + re.escape(cluster.url), submitted.stdout)
     assert match, submitted.stdout
     job_id = match.group(1)
-    # The job ran `tfnas --help` on the cluster: its help (with this issue's commands,
-    # so the shipped code) streamed back, then the final status.
-    assert "Usage: tfnas" in submitted.stdout
-    assert "submit" in submitted.stdout and "logs" in submitted.stdout
+    # The job's own output (the scoring summary) streamed back, then the final status.
+    assert "archs: 4 in 1 shards" in submitted.stdout
     assert f"job {job_id} SUCCEEDED" in submitted.stdout
+    written = tables.read_table("scores", scores)
+    assert written.num_rows == 4 and written.column("value").null_count == 0
 
     listed = cluster.tfnas("jobs", "--address", cluster.url)
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith(job_id))
     assert row.split()[1] == "SUCCEEDED"
-    assert row.endswith("tfnas --help")
+    assert row.endswith("--no-progress")
 
     logs = cluster.tfnas("logs", job_id, "--address", cluster.url)
     assert logs.returncode == 0, logs.stderr
-    assert "Usage: tfnas" in logs.stdout
+    assert "archs: 4 in 1 shards" in logs.stdout
 
 
 @pytest.mark.slow

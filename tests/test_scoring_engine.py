@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tfnas_ray import tables
@@ -47,14 +48,24 @@ def test_scoring_through_ray_writes_one_shard_file_per_shard(ray_cluster, archs,
     files = sorted(p.name for p in tmp_path.glob("shard-*.parquet"))
     assert len(files) == 2 and summary.shards_total == 2 and summary.scored == 6
     assert summary.table.num_rows == 12
-    # Each row equals scoring the architecture directly, without Ray.
+    # Each row equals scoring the architecture directly, without Ray, on one thread as
+    # the CPU scorers do (the thread count changes float reductions).
     batch = BATCHES.get("nb-nlp")({})
     row = archs.to_pylist()[0]
     seed = arch_seed(row["arch_id"], 0)
-    direct = score_architecture(arch_id=row["arch_id"], space="nb-nlp", spec=row["spec"], metrics=list(METRICS), seed=seed, batch=batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        direct = score_architecture(arch_id=row["arch_id"], space="nb-nlp", spec=row["spec"], metrics=list(METRICS), seed=seed, batch=batch)
+    finally:
+        torch.set_num_threads(threads)
     got = values(summary.table)
     for expected in direct:
-        assert got[(row["arch_id"], expected["metric"])] == (expected["value"], expected["error"], seed)
+        value, error, got_seed = got[(row["arch_id"], expected["metric"])]
+        # Ray runs workers with OMP_NUM_THREADS=1, which numpy's BLAS also obeys: the
+        # driver's eigen-solver may sum in another order (last digits only).
+        assert (error, got_seed) == (expected["error"], seed)
+        assert value == pytest.approx(expected["value"], rel=1e-12)
 
     # Rerunning the same job skips every finished shard.
     again = run_scoring(archs, tmp_path, config, progress=False)
@@ -96,7 +107,9 @@ def test_a_worker_killed_mid_shard_is_recovered(ray_cluster, archs, tmp_path):
     victim = archs.column("arch_id")[2].as_py()
     config = ScoreConfig(metrics=METRICS, seed=0, shard_size=6, workers=1, exit_drill={victim: 1}, drill_dir=str(tmp_path / "drill"))
     summary = run_scoring(archs, tmp_path / "out", config, progress=False)
-    assert summary.worker_deaths == 1
+    # The death fails the shard's call, and possibly a call queued while the actor restarts.
+    assert summary.worker_deaths >= 1
+    assert summary.table.column("error").null_count == summary.table.num_rows
     reference = run_scoring(archs, tmp_path / "ref", ScoreConfig(metrics=METRICS, seed=0, shard_size=6), progress=False)
     assert values(summary.table) == values(reference.table)
 

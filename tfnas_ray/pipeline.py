@@ -122,8 +122,10 @@ def reproduce(
         if limit < 1:
             raise TfnasError(f"--limit must be >= 1, got {limit}")
         archs = archs.slice(0, limit)
-        keep = set(archs.column("arch_id").to_pylist())
-        truth = truth.filter(pa.array([a in keep for a in truth.column("arch_id").to_pylist()]))
+        # The truth rows of exactly those benchmark entries (a cell trained twice has two).
+        keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
+        pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
+        truth = truth.filter(pa.array([pair in keep for pair in pairs]))
     tables.write_table("archs", archs, out / "archs.parquet")
     tables.write_table("truth", truth, out / "truth.parquet")
     config = ScoreConfig(

@@ -453,7 +453,8 @@ def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, s
             bar.advance(len(work.positions))
             summary.scored += len(work.positions)
             if len(results[shard.shard_id]) == len(shard.arch_ids):
-                ordered = [row for p in range(len(shard.arch_ids)) for row in results.pop(shard.shard_id)[p]]
+                done = results.pop(shard.shard_id)
+                ordered = [row for p in range(len(shard.arch_ids)) for row in done[p]]
                 for row in ordered:
                     if row["error"] is not None:
                         summary.failures[f"{row['metric']}: {_failure_reason(row['error'])}"] += 1
