@@ -176,10 +176,16 @@ def correlate(
 
 
 def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str:
-    """A plain-text table, sorted by |τ| (largest first) within each target."""
+    """A plain-text table, targets in table order, by |τ| (largest first) within each."""
     rows = table.to_pylist()
+    target_order = {t: i for i, t in enumerate(dict.fromkeys(r["target"] for r in rows))}  # primary first
+
+    def strength(row) -> float:
+        tau = row["kendall_tau"]
+        return abs(tau) if tau is not None and tau == tau else -1.0  # NaN last
+
     if sort_by_abs_tau:
-        rows.sort(key=lambda r: (r["target"], -(abs(r["kendall_tau"]) if r["kendall_tau"] == r["kendall_tau"] and r["kendall_tau"] is not None else -1)))
+        rows.sort(key=lambda r: (target_order[r["target"]], -strength(r)))
 
     def num(v, width=6):
         return f"{v:+.{width - 3}f}" if v is not None and v == v else "nan".rjust(width)

@@ -282,6 +282,9 @@ def _exit_drill(arch_id: str, times: int, drill_dir: str | None) -> None:
         os._exit(17)
 
 
+_MAX_PROBES = 300  # ~1 minute of 0.2 s waits for an actor to come back before giving it up
+
+
 @dataclass
 class _Work:
     shard: Shard
@@ -418,6 +421,7 @@ def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, s
     in_flight: dict[Any, tuple[Any, _Work]] = {}
     drill = dict(config.exit_drill)
 
+    probes: dict[Any, tuple[Any, int]] = {}  # describe() calls to restarting actors -> (actor, tries)
     while pending or in_flight:
         while idle and pending:
             actor, work = idle.pop(), pending.popleft()
@@ -427,15 +431,30 @@ def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, s
                 for i in work.positions
             ]
             in_flight[actor.score.remote(items, metrics, drill, drill_dir)] = (actor, work)
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        if not in_flight and not probes:
+            raise TfnasError("every scorer actor died and none could be restarted; see the Ray logs")
+        ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1)
         for future in ready:
+            if future in probes:
+                # A restarted actor takes new work only once it answers: a call queued
+                # while it was still dead would fail and be charged to an innocent arch.
+                actor, tries = probes.pop(future)
+                try:
+                    ray.get(future)
+                    idle.append(actor)
+                except (RayActorError, WorkerCrashedError):
+                    if tries < _MAX_PROBES:
+                        time.sleep(0.2)
+                        probes[actor.describe.remote()] = (actor, tries + 1)
+                continue
             actor, work = in_flight.pop(future)
-            idle.append(actor)
             shard = work.shard
             try:
                 rows = ray.get(future)
+                idle.append(actor)
             except (RayActorError, WorkerCrashedError) as death:
                 summary.worker_deaths += 1
+                probes[actor.describe.remote()] = (actor, 1)
                 if len(work.positions) > 1:
                     # Retry one architecture at a time, so a poison one is isolated.
                     pending.extendleft(_Work(shard, (p,), work.attempt + 1) for p in reversed(work.positions))
