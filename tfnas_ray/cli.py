@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -204,7 +205,7 @@ def reproduce(
     typer.echo(f"tables in {result.out_dir}: archs.parquet truth.parquet scores/ correlations.parquet")
 
 
-# ---- cluster jobs (issue 6) ----------------------------------------------------------
+# ---- cluster jobs ----------------------------------------------------------------------
 
 _ADDRESS_HELP = (
     "Ray dashboard URL of the cluster, e.g. http://HEAD:8265 "
@@ -283,7 +284,7 @@ def logs(
         typer.echo(chunk, nl=False)
 
 
-# ---- transformers (issue 4) ----------------------------------------------------------
+# ---- transformers ----------------------------------------------------------------------
 
 
 @app.command("analyze-space")
@@ -319,9 +320,7 @@ def build_tokenizer(
     typer.echo(f"wrote {write_vocabulary(vocab_size=vocab_size)}")
 
 
-# ---- ground truth by Ray Tune (issue 5) ----
-
-from enum import Enum  # noqa: E402  (kept in this block: choices are Enums)
+# ---- ground truth by Ray Tune ----------------------------------------------------------
 
 
 class TrainScheduler(str, Enum):
