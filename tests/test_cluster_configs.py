@@ -244,7 +244,7 @@ def test_kuberay_check_finds_problems():
         "limits nvidia.com/gpu is None": lambda m: m["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
             "template"]["spec"]["containers"][0]["resources"]["limits"].pop("nvidia.com/gpu"),
         "needs 0 <= minReplicas <= replicas <= maxReplicas": lambda m: m["spec"]["rayClusterSpec"][
-            "workerGroupSpecs"][0].update(maxReplicas=1),
+            "workerGroupSpecs"][0].update(minReplicas=2),
         "num-cpus is None": lambda m: m["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].clear(),
         "is not a DNS-1035 label": lambda m: m["metadata"].update(name="x" * (MAX_RAYJOB_NAME + 1)),
         "apiVersion is 'ray.io/v1alpha1'": lambda m: m.update(apiVersion="ray.io/v1alpha1"),
@@ -264,7 +264,7 @@ def test_rayjob_entrypoint_is_a_command_the_cli_accepts():
     from tfnas_ray.benchmarks import load_benchmarks
 
     args = shlex.split(_one(K8S / "rayjob.yaml")["spec"]["entrypoint"])
-    assert args == ["tfnas", "reproduce", "nb-nlp-ptb", "--out", "/results/nb-nlp-ptb", "--address", "auto"]
+    assert args[:3] == ["tfnas", "reproduce", "nb-nlp-ptb"]
     group = typer.main.get_command(cli.app)
     command = group.get_command(group.make_context("tfnas", args[1:]), args[1])
     assert command is not None, f"`tfnas {args[1]}` is not a command"
@@ -272,6 +272,11 @@ def test_rayjob_entrypoint_is_a_command_the_cli_accepts():
     assert params["benchmark"] in load_benchmarks()
     assert params["address"] == "auto"
     assert str(params["out"]).startswith("/results/")
+    # Scoring starts from zero GPU pods: GPU scorers that wait for the autoscaler.
+    assert params["device"] == "gpu" and params["workers"] >= 1 and params["wait_for_gpus"] > 0
+    group = _one(K8S / "rayjob.yaml")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == 0
+    assert params["workers"] <= group["maxReplicas"]
 
 
 def test_pvc_is_the_shared_results_volume():

@@ -132,6 +132,10 @@ def test_plan_rejects_unknown_metrics_and_bad_settings(archs):
         ScoreConfig(metrics=METRICS, shard_size=0)
     with pytest.raises(TfnasError, match="--device 'tpu' is not one of auto, cpu, gpu"):
         ScoreConfig(metrics=METRICS, device="tpu")
+    with pytest.raises(TfnasError, match="--wait-for-gpus applies to --device gpu only, got --device auto"):
+        ScoreConfig(metrics=METRICS, wait_for_gpus=60)
+    with pytest.raises(TfnasError, match="--wait-for-gpus must be >= 0 seconds, got -1"):
+        ScoreConfig(metrics=METRICS, device="gpu", wait_for_gpus=-1)
 
 
 @pytest.mark.parametrize(
@@ -246,3 +250,73 @@ def test_a_cluster_of_logical_gpus_gets_one_scorer_per_gpu(archs, tmp_path):
     assert report["auto"] == [f"cpu (simulated gpu {i})" for i in range(4)]
     assert report["cpu"] == ["cpu"]
     assert len(report["half"]) == 4  # two actors on each GPU: still every GPU used
+
+
+AUTOSCALED_CLUSTER = r"""
+import json, sys, threading, time
+import ray
+from ray.cluster_utils import Cluster
+from tfnas_ray import tables
+from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
+from tfnas_ray.errors import TfnasError
+
+# A head without GPUs, as an autoscaling cluster is before any work arrives.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 100 * 2**20})
+ray.init(address=cluster.address, log_to_driver=False)
+head = ray.get_runtime_context().get_node_id()
+archs = tables.read_table("archs", sys.argv[1])
+report = {}
+try:
+    run_scoring(archs, sys.argv[2] + "/none", ScoreConfig(metrics=("params",), device="gpu", workers=2, wait_for_gpus=3, simulate_gpus=True), progress=False)
+except TfnasError as err:
+    report["no_gpu_error"] = str(err)
+
+outcome = {}
+def score():
+    config = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", workers=2, wait_for_gpus=120, simulate_gpus=True)
+    try:
+        outcome["summary"] = run_scoring(archs, sys.argv[2] + "/grown", config, progress=False)
+    except BaseException as err:
+        outcome["error"] = repr(err)
+scorer = threading.Thread(target=score)
+scorer.start()
+time.sleep(4)
+report["waiting_before_node"] = scorer.is_alive()
+# What the autoscaler does when GPU actors are pending: a GPU node joins
+# (Cluster.add_node must run in the main thread).
+node = cluster.add_node(num_cpus=1, num_gpus=2, object_store_memory=100 * 2**20)
+scorer.join(timeout=240)
+summary = outcome["summary"]
+report["error"] = outcome.get("error")
+report["devices"] = sorted(set(summary.table.column("device").to_pylist()))
+report["rows"] = summary.table.num_rows
+report["scorer_nodes"] = sorted({place.rsplit(" on node ", 1)[1] for place in summary.scorers.values()})
+report["head"] = head[:12]
+report["gpu_node"] = node.node_id[:12]
+report["lines"] = summary.lines()
+print(json.dumps(report))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_gpu_scorers_wait_for_the_autoscaler_to_add_a_gpu_node(archs, tmp_path):
+    """--wait-for-gpus on a cluster with no GPU yet: the scorer asks for GPU actors,
+    waits while they are pending, and scores on the GPU node once it joins; with no node
+    ever coming it fails after the wait with a one-line error."""
+    import json
+
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", table.slice(0, 6), path)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run([sys.executable, "-c", AUTOSCALED_CLUSTER, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["no_gpu_error"].startswith("no GPU scorer was placed within --wait-for-gpus 3 s (the cluster has 0 GPUs)")
+    assert report["waiting_before_node"] is True
+    assert report["error"] is None
+    assert report["rows"] == 6
+    assert all(device.startswith("cpu (simulated gpu ") for device in report["devices"])
+    assert report["scorer_nodes"] == [report["gpu_node"]] and report["gpu_node"] != report["head"]

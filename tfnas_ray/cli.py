@@ -82,7 +82,7 @@ def sample(
     space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
     n: Annotated[int, typer.Option("-n", help="number of architectures")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the generator")] = 0,
-    out: Annotated[Path, typer.Option(help="archs table to write (.parquet)")] = Path("archs.parquet"),
+    out: Annotated[str, typer.Option(help="archs table to write (.parquet; a path or a URL)")] = "archs.parquet",
 ) -> None:
     """Draw N architectures from a space's own distribution into an archs table."""
     from tfnas_ray import tables
@@ -95,15 +95,16 @@ def sample(
 
 @app.command()
 def score(
-    archs: Annotated[Path, typer.Argument(help="archs table (.parquet)")],
+    archs: Annotated[str, typer.Argument(help="archs table (.parquet; a path or a URL)")],
     metric: Annotated[list[str], typer.Option("--metric", "-m", help="metric name (repeat, or comma-separate); see `tfnas metrics`")],
-    out: Annotated[Path, typer.Option(help="directory of score shards")] = Path("scores"),
+    out: Annotated[str, typer.Option(help="directory of score shards: a path, or a URL every node can reach (s3://, gs://, …)")] = "scores",
     seed: Annotated[int, typer.Option(help="the run's seed")] = 0,
     seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed (the paper's protocol)")] = "derived",
     shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
     workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
     actors_per_gpu: Annotated[float, typer.Option(help="scorer actors sharing one GPU")] = 1.0,
+    wait_for_gpus: Annotated[float, typer.Option(help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if the GPUs do not exist yet, and wait up to this many seconds for the first")] = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -121,6 +122,7 @@ def score(
         workers=workers,
         device=device,
         actors_per_gpu=actors_per_gpu,
+        wait_for_gpus=wait_for_gpus,
         batch_options=batch_options,
     )
     try:
@@ -134,9 +136,9 @@ def score(
 
 @app.command()
 def correlate(
-    scores: Annotated[Path, typer.Argument(help="scores table or directory of shards")],
-    truth: Annotated[Path, typer.Argument(help="truth table (.parquet)")],
-    out: Annotated[Path, typer.Option(help="correlations table to write (.parquet)")] = Path("correlations.parquet"),
+    scores: Annotated[str, typer.Argument(help="scores table or directory of shards (a path or a URL)")],
+    truth: Annotated[str, typer.Argument(help="truth table (.parquet; a path or a URL)")],
+    out: Annotated[str, typer.Option(help="correlations table to write (.parquet; a path or a URL)")] = "correlations.parquet",
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
 ) -> None:
@@ -160,13 +162,15 @@ def correlate(
 @app.command()
 def reproduce(
     benchmark: Annotated[str, typer.Argument(help="shipped benchmark: see `tfnas benchmarks`")],
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/reproduce"),
+    out: Annotated[str, typer.Option(help="output directory: a path, or a URL every node can reach (s3://, gs://, …)")] = "runs/reproduce",
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics (default: the paper's columns)")] = None,
     seed: Annotated[int, typer.Option(help="model seed (0 and fixed seeding: the paper's values)")] = 0,
     seeding: Annotated[str, typer.Option(help="fixed (the paper's protocol) or derived")] = "fixed",
     shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
     workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
+    actors_per_gpu: Annotated[float, typer.Option(help="scorer actors sharing one GPU")] = 1.0,
+    wait_for_gpus: Annotated[float, typer.Option(help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if the GPUs do not exist yet, and wait up to this many seconds for the first")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
@@ -189,6 +193,8 @@ def reproduce(
             shard_size=shard_size,
             workers=workers,
             device=device,
+            actors_per_gpu=actors_per_gpu,
+            wait_for_gpus=wait_for_gpus,
             limit=limit,
             address=address,
             resamples=resamples,
@@ -202,7 +208,7 @@ def reproduce(
     for line in result.summary.lines():
         typer.echo(line)
     typer.echo(result.report())
-    typer.echo(f"tables in {result.out_dir}: archs.parquet truth.parquet scores/ correlations.parquet")
+    typer.echo(f"tables in {result.out_dir.url}: archs.parquet truth.parquet scores/ correlations.parquet")
 
 
 # ---- cluster jobs ----------------------------------------------------------------------
@@ -291,7 +297,7 @@ def logs(
 def analyze_space(
     benchmark: Annotated[str, typer.Argument(help="a benchmark whose space has design choices: nb-bert")],
     target: Annotated[str, typer.Option(help="glue or one GLUE task (cola, mnli, mrpc, qnli, qqp, rte, sst, sts)")] = "glue",
-    scores: Annotated[Optional[Path], typer.Option(help="scores table of the benchmark: adds each metric's τ inside the restricted space")] = None,
+    scores: Annotated[Optional[str], typer.Option(help="scores table of the benchmark: adds each metric's τ inside the restricted space")] = None,
     top_k: Annotated[int, typer.Option(help="how many of the best runs the restricted space should keep")] = 100,
 ) -> None:
     """Rank NAS-Bench-BERT's design choices by their effect on GLUE, test whether the layer
@@ -335,8 +341,8 @@ class TrainCorpus(str, Enum):
 
 @app.command()
 def train(
-    archs: Annotated[Path, typer.Argument(help="archs table (.parquet) of one space")],
-    out: Annotated[Path, typer.Option(help="output directory: truth.parquet, the Tune experiment")] = Path("runs/train"),
+    archs: Annotated[str, typer.Argument(help="archs table (.parquet) of one space; a path or a URL")],
+    out: Annotated[str, typer.Option(help="output directory: truth.parquet, the Tune experiment; a path or a URL every node can reach")] = "runs/train",
     epochs: Annotated[Optional[int], typer.Option(help="budget per trial: epochs")] = None,
     steps: Annotated[Optional[int], typer.Option(help="budget per trial: optimizer steps")] = None,
     tokens: Annotated[Optional[int], typer.Option(help="budget per trial: training tokens")] = None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, run_scoring
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.spaces import content_id, get_space
+from tfnas_ray.storage import Location, locate
 
 
 def sample_archs(space_name: str, n: int, *, seed: int) -> pa.Table:
@@ -70,7 +70,7 @@ def check_specs(archs: pa.Table, *, what: str) -> None:
 
 @dataclass
 class ReproduceResult:
-    out_dir: Path
+    out_dir: Location
     summary: ScoreSummary
     correlations: pa.Table
     short_runs: pa.Table | None = None  # with --train N: τ of short runs vs published, metrics vs short runs
@@ -94,6 +94,8 @@ def reproduce(
     shard_size: int = 8,
     workers: int | None = None,
     device: str = "auto",
+    actors_per_gpu: float = 1.0,
+    wait_for_gpus: float = 0.0,
     limit: int | None = None,
     address: str | None = None,
     resamples: int = 1000,
@@ -103,7 +105,8 @@ def reproduce(
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
     """Export a shipped benchmark, score it through Ray, correlate, and write:
-    DIR/archs.parquet, DIR/truth.parquet, DIR/scores/ (shards), DIR/correlations.parquet.
+    DIR/archs.parquet, DIR/truth.parquet, DIR/scores/ (shards), DIR/correlations.parquet;
+    DIR is a local path or a URL (`storage`).
 
     `seeding="fixed"` with seed 0 is the paper's protocol: our values then equal the
     authors' published per-architecture values. `limit` keeps the first N archs.
@@ -115,8 +118,7 @@ def reproduce(
     from tfnas_ray.distributed.cluster import connect
 
     bench = get_benchmark(benchmark_name)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = locate(out_dir)
     archs, truth = bench.load()
     if limit is not None:
         if limit < 1:
@@ -126,8 +128,8 @@ def reproduce(
         keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
         pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
         truth = truth.filter(pa.array([pair in keep for pair in pairs]))
-    tables.write_table("archs", archs, out / "archs.parquet")
-    tables.write_table("truth", truth, out / "truth.parquet")
+    tables.write_table("archs", archs, out.child("archs.parquet"))
+    tables.write_table("truth", truth, out.child("truth.parquet"))
     config = ScoreConfig(
         metrics=tuple(metrics or bench.default_metrics),
         seed=seed,
@@ -135,6 +137,8 @@ def reproduce(
         shard_size=shard_size,
         workers=workers,
         device=device,
+        actors_per_gpu=actors_per_gpu,
+        wait_for_gpus=wait_for_gpus,
         model_options={"as_trained": True} if as_trained else {},
     )
     if as_trained and bench.space != "nb-bert":
@@ -142,7 +146,7 @@ def reproduce(
     if train < 0:
         raise TfnasError(f"--train must be >= 0, got {train}")
     connect(address)
-    summary = run_scoring(archs, out / "scores", config, progress=progress, log=log)
+    summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
     correlations = correlate(
         summary.table,
@@ -152,12 +156,12 @@ def reproduce(
         metrics=list(config.metrics),
         targets=targets,
     )
-    tables.write_table("correlations", correlations, out / "correlations.parquet")
+    tables.write_table("correlations", correlations, out.child("correlations.parquet"))
     short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=seed, log=log) if train else None
     return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs)
 
 
-def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: Path, n: int, *, seed: int, log) -> pa.Table:
+def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: Location, n: int, *, seed: int, log) -> pa.Table:
     """Train `n` of the benchmark's architectures (drawn with `seed`) with the default
     short budget, and compare: short-run loss vs published truth, metrics vs short runs."""
     import random
@@ -176,7 +180,7 @@ def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: P
     else:
         config = default_train_config(gpus=cluster_gpus() > 0)
     log(f"training {n} architectures: {config.describe()}")
-    outcome = train_architectures(subset, out / "train", train=config, options=TuneOptions(), log=log)
+    outcome = train_architectures(subset, out.child("train"), train=config, options=TuneOptions(), log=log)
     report = short_run_report(outcome.truth, truth, scores)
-    tables.write_table("truth", outcome.truth, out / "truth_short.parquet")
+    tables.write_table("truth", outcome.truth, out.child("truth_short.parquet"))
     return report

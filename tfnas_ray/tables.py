@@ -12,14 +12,13 @@ file, a file that is not Parquet, or a table with the wrong columns.
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tfnas_ray.errors import TfnasError
+from tfnas_ray.storage import Location, locate
 
 ARCHS = pa.schema(
     [
@@ -132,42 +131,35 @@ def conform(kind: str, table: pa.Table, *, what: str = "table") -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
-def read_table(kind: str, path: str | os.PathLike) -> pa.Table:
-    """Read a table of `kind` from a Parquet file, or a directory of Parquet files.
+def read_table(kind: str, path: str | os.PathLike | Location) -> pa.Table:
+    """Read a table of `kind` from a Parquet file, or a directory of Parquet files; a
+    local path or a URL (`s3://…`, `gs://…`, see `storage`).
 
     Raises:
         TfnasError: the path is missing, is not Parquet, or lacks a required column.
     """
-    path = Path(path)
-    if not path.exists():
-        raise TfnasError(f"{kind} table {str(path)!r} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    where = locate(path)
+    if not where.exists():
+        raise TfnasError(f"{kind} table {where.url!r} does not exist")
+    if where.is_dir():
+        files = where.files(".parquet", recursive=True)
         if not files:
-            raise TfnasError(f"{kind} directory {str(path)!r} holds no .parquet files")
-        tables = [read_table(kind, f) for f in files]
-        return pa.concat_tables(tables, promote_options="default")
+            raise TfnasError(f"{kind} directory {where.url!r} holds no .parquet files")
+        return pa.concat_tables([read_table(kind, f) for f in files], promote_options="default")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(where.path, filesystem=where.filesystem)
     except (pa.ArrowInvalid, OSError) as err:
-        raise TfnasError(f"{kind} table {str(path)!r} is not a readable Parquet file: {err}") from None
-    return conform(kind, table, what=f"{kind} table {str(path)!r}")
+        raise TfnasError(f"{kind} table {where.url!r} is not a readable Parquet file: {err}".splitlines()[0]) from None
+    return conform(kind, table, what=f"{kind} table {where.url!r}")
 
 
-def write_table(kind: str, table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write `table` (conformed to `kind`) to `path` atomically: temp file, then rename.
+def write_table(kind: str, table: pa.Table, path: str | os.PathLike | Location) -> Location:
+    """Write `table` (conformed to `kind`) to `path` atomically (see `storage`).
 
-    A reader never sees a half-written file, and a killed writer leaves only a hidden
+    A reader never sees a half-written file, and a killed writer leaves at most a hidden
     temporary file behind, which readers ignore.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    where = locate(path)
     table = conform(kind, table, what=f"{kind} table")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    where.write_atomic(lambda stream: pq.write_table(table, stream, compression="zstd"))
+    return where

@@ -3,8 +3,11 @@
 The work is cut into shards; each finished shard is written atomically to its own
 Parquet file named by the shard's identity (a hash of its architectures, metrics, seed,
 seeding and batch), so a rerun of the same command skips finished shards, recomputes a
-corrupt one, and never writes a shard twice. One actor per GPU (or per CPU without
-GPUs) scores shards; an actor that dies is restarted, its shard is retried one
+corrupt one, and never writes a shard twice. The output is a local path or a URL that
+the driver writes to (`storage`: s3://, gs://, …), so a driver on any node of a cluster
+finds the same shards. One actor per GPU (or per CPU without GPUs) scores shards; with
+`wait_for_gpus`, GPU actors the cluster cannot place yet wait for the autoscaler and
+join when placed. An actor that dies is restarted, its shard is retried one
 architecture at a time, and an architecture that kills its worker `max_tries` times is
 recorded as failed instead of sinking the run. Values do not depend on how many workers
 ran or how the shards were cut: each architecture is scored in a fresh context seeded
@@ -18,10 +21,11 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,6 +33,7 @@ import pyarrow.parquet as pq
 from tfnas_ray import tables
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics.scoring import SEEDINGS, arch_seed, validate_metrics
+from tfnas_ray.storage import Location, locate
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -56,6 +61,10 @@ class ScoreConfig:
         drill_dir: where the drill counts attempts (shared by restarted actors).
         simulate_gpus: run GPU actors on the CPU — to test placement on a cluster of
             logical GPUs (`ray start --num-gpus 4` on a machine without any).
+        wait_for_gpus: with device "gpu" on an autoscaling cluster: start `workers` GPU
+            actors even if the cluster has fewer GPUs now (the pending actors are the
+            autoscaler's signal to add GPU nodes), score with those placed so far, and
+            fail if none is placed within this many seconds. 0: use the GPUs present.
     """
 
     metrics: tuple[str, ...]
@@ -71,6 +80,7 @@ class ScoreConfig:
     exit_drill: Mapping[str, int] = field(default_factory=dict)
     drill_dir: str | None = None
     simulate_gpus: bool = False
+    wait_for_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.seeding not in SEEDINGS:
@@ -85,6 +95,10 @@ class ScoreConfig:
             raise TfnasError(f"--actors-per-gpu must be > 0, got {self.actors_per_gpu}")
         if self.max_tries < 1:
             raise TfnasError(f"max_tries must be >= 1, got {self.max_tries}")
+        if self.wait_for_gpus < 0:
+            raise TfnasError(f"--wait-for-gpus must be >= 0 seconds, got {self.wait_for_gpus}")
+        if self.wait_for_gpus > 0 and self.device != "gpu":
+            raise TfnasError(f"--wait-for-gpus applies to --device gpu only, got --device {self.device}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ class ScoreSummary:
     shards_recomputed: int = 0  # found corrupt and recomputed
     failures: collections.Counter = field(default_factory=collections.Counter)  # reason -> count
     worker_deaths: int = 0
+    scorers: dict[str, str] = field(default_factory=dict)  # "scorer-i" -> "device on node …"
     stale_files: int = 0
     seconds: float = 0.0
     table: pa.Table | None = None
@@ -123,6 +138,11 @@ class ScoreSummary:
             f"({self.shards_skipped} shards already done, {self.shards_recomputed} recomputed)",
             f"wall time {self.seconds:.1f} s, {rate:.2f} archs/s",
         ]
+        if self.scorers:
+            nodes = {place.rsplit(" on node ", 1)[-1] for place in self.scorers.values()}
+            devices = collections.Counter(place.rsplit(" on node ", 1)[0] for place in self.scorers.values())
+            kinds = ", ".join(f"{n}× {d}" if n > 1 else d for d, n in sorted(devices.items()))
+            out.append(f"scorers: {len(self.scorers)} on {len(nodes)} node(s): {kinds}")
         if self.worker_deaths:
             out.append(f"worker deaths recovered: {self.worker_deaths}")
         if self.failures:
@@ -177,14 +197,15 @@ def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
     return shards
 
 
-def check_shard(path: Path, shard: Shard, metrics: Sequence[str]) -> None:
+def check_shard(path: str | os.PathLike | Location, shard: Shard, metrics: Sequence[str]) -> None:
     """Raise TfnasError saying why a shard file is not a complete shard of `shard`."""
+    where = locate(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(where.path, filesystem=where.filesystem)
     except (pa.ArrowInvalid, OSError) as err:
         raise TfnasError(f"unreadable Parquet ({str(err).splitlines()[0]})") from None
     try:
-        table = tables.conform("scores", table, what=str(path))
+        table = tables.conform("scores", table, what=where.url)
     except TfnasError as err:
         raise TfnasError(str(err)) from None
     expected = {(a, m) for a in shard.arch_ids for m in metrics}
@@ -315,22 +336,39 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _actor_plan(config: ScoreConfig, n_shards: int) -> tuple[str, int, dict]:
-    """(device kind, number of actors, Ray resources per actor) for the cluster."""
+class _Pool(NamedTuple):
+    kind: str  # "gpu" or "cpu"
+    count: int  # scorer actors to start
+    resources: dict  # Ray resources of each
+    start_with: int  # actors to wait for before handing out work: those placeable now
+
+
+def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
+    """The scorer pool for the cluster as it is now."""
     from tfnas_ray.distributed.cluster import cluster_cpus, cluster_gpus
 
     gpus = cluster_gpus()
-    if config.device == "gpu" and gpus == 0:
-        raise TfnasError("--device gpu, but the Ray cluster has no GPUs; use --device cpu or auto")
+    waiting = config.wait_for_gpus > 0
+    if config.device == "gpu" and gpus == 0 and not waiting:
+        raise TfnasError(
+            "--device gpu, but the Ray cluster has no GPUs; use --device cpu or auto "
+            "(or --wait-for-gpus SECONDS on a cluster that autoscales GPU nodes)"
+        )
     kind = "gpu" if (config.device == "gpu" or (config.device == "auto" and gpus > 0)) else "cpu"
     if kind == "gpu":
-        count = int(gpus * config.actors_per_gpu)
+        present = int(gpus * config.actors_per_gpu)
+        # On an autoscaling cluster the actors beyond the present GPUs stay pending
+        # until the autoscaler adds nodes for them; they join the pool when placed.
+        count = max(present, config.workers or 1) if waiting else present
         resources = {"num_gpus": 1.0 / config.actors_per_gpu, "num_cpus": 0}
     else:
         count = max(1, int(cluster_cpus()))
         resources = {"num_cpus": 1}
     count = max(1, min(count, config.workers or count, n_shards))
-    return kind, count, resources
+    # Wait for every actor the cluster can place now, so that shards spread over all of
+    # them; actors that wait for the autoscaler join later.
+    start_with = max(1, min(count, present)) if kind == "gpu" and waiting else count
+    return _Pool(kind, count, resources, start_with)
 
 
 def run_scoring(
@@ -353,48 +391,45 @@ def run_scoring(
     """
     import ray
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = locate(out_dir)
+    out.make_dirs()
     started = time.perf_counter()
     shards = plan_shards(archs, config)
     metrics = list(config.metrics)
     summary = ScoreSummary(archs=sum(len(s.arch_ids) for s in shards), shards_total=len(shards))
+    existing = {f.name: f for f in out.files(".parquet") if f.name.startswith("shard-")}  # one listing, also on S3
     planned = {s.filename for s in shards}
-    summary.stale_files = sum(1 for p in out.glob("shard-*.parquet") if p.name not in planned)
+    summary.stale_files = sum(1 for name in existing if name not in planned)
 
     todo: list[Shard] = []
     for shard in shards:
-        path = out / shard.filename
-        if path.exists():
+        if shard.filename in existing:
             try:
-                check_shard(path, shard, metrics)
+                check_shard(existing[shard.filename], shard, metrics)
                 summary.shards_skipped += 1
                 continue
             except TfnasError as problem:
-                log(f"shard {path.name} is corrupt ({problem}); recomputing it")
-                path.rename(path.with_name(f".{path.name}.corrupt-{int(time.time())}"))
+                log(f"shard {shard.filename} is corrupt ({problem}); recomputing it")
+                existing[shard.filename].move_aside(f"corrupt-{int(time.time())}")
                 summary.shards_recomputed += 1
         todo.append(shard)
 
     bar = _Progress(sum(len(s.arch_ids) for s in todo), progress and bool(todo))
     if todo:
-        kind, count, resources = _actor_plan(config, len(todo))
+        kind, count, resources, start_with = _actor_plan(config, len(todo))
         actor_class = _make_actor_class().options(max_restarts=-1, max_task_retries=0, **resources)
         actors = [
             actor_class.remote(kind, dict(config.batch_options), dict(config.model_options), config.simulate_gpus)
             for _ in range(count)
         ]
-        drill_dir = config.drill_dir or str(out / ".drill")
+        drill_dir = config.drill_dir or os.path.join(out.path if out.is_local else tempfile.gettempdir(), ".drill")
         try:
-            problems = {info["problem"] for info in ray.get([a.describe.remote() for a in actors]) if info["problem"]}
-            if problems:
-                raise TfnasError(sorted(problems)[0])
-            _drive(actors, todo, config, metrics, out, summary, bar, drill_dir, ray)
+            _drive(actors, start_with, todo, config, metrics, out, summary, bar, drill_dir, ray)
         except KeyboardInterrupt:
             bar.close()
-            saved = sum((out / s.filename).exists() for s in shards)
+            saved = len(planned & {f.name for f in out.files(".parquet")})
             raise ScoringInterrupted(
-                f"interrupted: {saved} of {len(shards)} shards are saved in {out}; "
+                f"interrupted: {saved} of {len(shards)} shards are saved in {out.url}; "
                 "run the same command again to resume"
             ) from None
         finally:
@@ -402,7 +437,7 @@ def run_scoring(
                 ray.kill(actor, no_restart=True)
     bar.close()
     summary.seconds = time.perf_counter() - started
-    paths = [out / s.filename for s in shards]
+    paths = [out.child(s.filename) for s in shards]
     summary.table = (
         pa.concat_tables([tables.read_table("scores", p) for p in paths])
         if paths
@@ -411,19 +446,24 @@ def run_scoring(
     return summary
 
 
-def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, summary: ScoreSummary, bar: _Progress, drill_dir: str, ray) -> None:
+def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metrics, out: Location, summary: ScoreSummary, bar: _Progress, drill_dir: str, ray) -> None:
     """The scheduling loop: keep every actor busy, retry after deaths, write shards."""
     from ray.exceptions import RayActorError, WorkerCrashedError
 
     pending = collections.deque(_Work(shard, tuple(range(len(shard.arch_ids)))) for shard in todo)
     results: dict[str, dict[int, list[dict]]] = {s.shard_id: {} for s in todo}  # shard -> position -> rows
-    idle = list(actors)
+    idle: list = []  # actors that answered and wait for work
     in_flight: dict[Any, tuple[Any, _Work]] = {}
     drill = dict(config.exit_drill)
 
-    probes: dict[Any, tuple[Any, int]] = {}  # describe() calls to restarting actors -> (actor, tries)
+    # describe() calls to actors not yet known to be up (starting, pending placement on
+    # a node the autoscaler has yet to add, or restarting) -> (actor, tries). An actor
+    # gets work only once it answers.
+    probes: dict[Any, tuple[Any, int]] = {actor.describe.remote(): (actor, 1) for actor in actors}
+    deadline = time.monotonic() + config.wait_for_gpus if config.wait_for_gpus > 0 else None
+    given_up = 0  # actors that never came back after a death
     while pending or in_flight:
-        while idle and pending:
+        while idle and pending and len(summary.scorers) + given_up >= start_with:
             actor, work = idle.pop(), pending.popleft()
             shard = work.shard
             items = [
@@ -433,19 +473,33 @@ def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, s
             in_flight[actor.score.remote(items, metrics, drill, drill_dir)] = (actor, work)
         if not in_flight and not probes:
             raise TfnasError("every scorer actor died and none could be restarted; see the Ray logs")
-        ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1)
+        timeout = None
+        if deadline is not None and not summary.scorers:
+            timeout = max(0.0, deadline - time.monotonic())
+        ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=timeout)
+        if not ready:
+            raise TfnasError(
+                f"no GPU scorer was placed within --wait-for-gpus {config.wait_for_gpus:g} s "
+                f"(the cluster has {ray.cluster_resources().get('GPU', 0):g} GPUs); does it have an "
+                "autoscaling GPU worker group with room to grow?"
+            )
         for future in ready:
             if future in probes:
                 # A restarted actor takes new work only once it answers: a call queued
                 # while it was still dead would fail and be charged to an innocent arch.
                 actor, tries = probes.pop(future)
                 try:
-                    ray.get(future)
+                    info = ray.get(future)
+                    if info["problem"]:
+                        raise TfnasError(info["problem"])
+                    summary.scorers[f"scorer-{actors.index(actor)}"] = f"{info['device']} on node {info['node'][:12]}"
                     idle.append(actor)
                 except (RayActorError, WorkerCrashedError):
                     if tries < _MAX_PROBES:
                         time.sleep(0.2)
                         probes[actor.describe.remote()] = (actor, tries + 1)
+                    else:
+                        given_up += 1
                 continue
             actor, work = in_flight.pop(future)
             shard = work.shard
@@ -477,7 +531,7 @@ def _drive(actors, todo: list[Shard], config: ScoreConfig, metrics, out: Path, s
                 for row in ordered:
                     if row["error"] is not None:
                         summary.failures[f"{row['metric']}: {_failure_reason(row['error'])}"] += 1
-                tables.write_table("scores", tables.from_rows("scores", ordered), out / shard.filename)
+                tables.write_table("scores", tables.from_rows("scores", ordered), out.child(shard.filename))
 
 
 def _failed_rows(arch_id: str, metrics, reason: str, config: ScoreConfig) -> list[dict]:

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from tfnas_ray import tables
 from tfnas_ray.errors import TfnasError
+from tfnas_ray.storage import Location, locate
 from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
 
 SCHEDULERS = ("fifo", "asha")
@@ -183,7 +184,7 @@ class TrainOutcome:
     """
 
     truth: pa.Table
-    path: Path
+    path: Location
     experiment: str
     resumed: bool
     config: dict[str, Any] = field(default_factory=dict)
@@ -227,23 +228,20 @@ def _arch_items(archs: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_manifest(out_dir: Path, manifest: dict[str, Any], experiment: str) -> None:
+def _check_manifest(out_dir: Location, manifest: dict[str, Any], experiment: str) -> None:
     """Refuse to resume an experiment that was started with other architectures or
     another config: its trials would mix two budgets under one target name."""
-    path = out_dir / MANIFEST
+    path = out_dir.child(MANIFEST)
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = json.loads(path.read_bytes())
         if previous != manifest:
             changed = sorted(k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k))
             raise TfnasError(
-                f"{out_dir} holds an experiment ({experiment}) started with different "
+                f"{out_dir.url} holds an experiment ({experiment}) started with different "
                 f"{', '.join(changed)}; rerun with the same options to resume it, or use a new --out"
             )
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        path.write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def train_architectures(
@@ -278,8 +276,9 @@ def train_architectures(
 
     items = _arch_items(archs)
     space = items[0]["space"]
-    out_dir = Path(out_dir).resolve()
-    storage = options.storage or str(out_dir / "tune")
+    out_dir = locate(out_dir)
+    # Tune takes a local path or a URL; every node must reach it.
+    storage = options.storage or (out_dir.path if out_dir.is_local else out_dir.url).rstrip("/") + "/tune"
     experiment = storage.rstrip("/") + "/" + EXPERIMENT_NAME
     manifest = {
         "arch_ids": [r["arch_id"] for r in items],
@@ -341,7 +340,7 @@ def train_architectures(
     log(f"training {len(items)} architectures: {train.describe()}; {gpus:g} GPU and {options.cpus_per_trial:g} CPU per trial")
     results = tuner.fit()
     truth = results_to_truth(results, items, train=train)
-    path = tables.write_table("truth", truth, out_dir / "truth.parquet")
+    path = tables.write_table("truth", truth, out_dir.child("truth.parquet"))
     return TrainOutcome(truth=truth, path=path, experiment=experiment, resumed=resumed, config=train.to_dict())
 
 

@@ -1,0 +1,181 @@
+"""Where tables live: a local path, or a URL every node of a cluster can reach.
+
+A location is a pyarrow filesystem plus a path in it. Local paths and `file://` use
+the local filesystem; `s3://`, `gs://`, `hdfs://` and `abfs://` use pyarrow's own
+filesystems (credentials and endpoints from the usual environment variables, e.g.
+AWS_ENDPOINT_URL for an S3-compatible store); any other scheme goes through fsspec if
+a package for it is installed.
+
+Writes are atomic either way: on an object store an object appears whole or not at
+all, so it is written in place; on a filesystem it is written to a hidden temporary
+name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from tfnas_ray.errors import TfnasError
+
+# Filesystems whose object writes are atomic (a multipart upload becomes visible only
+# when it completes); no temporary name and rename, which an object store would copy.
+_OBJECT_STORES = tuple(
+    getattr(pafs, name) for name in ("S3FileSystem", "GcsFileSystem", "AzureFileSystem") if hasattr(pafs, name)
+)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or directory: `filesystem` and the `path` inside it; `url` for messages."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    url: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def child(self, name: str) -> "Location":
+        return Location(self.filesystem, f"{self.path.rstrip('/')}/{name}", f"{self.url.rstrip('/')}/{name}")
+
+    def _info(self) -> pafs.FileInfo:
+        try:
+            return self.filesystem.get_file_info(self.path)
+        except OSError as err:
+            raise TfnasError(f"cannot reach {self.url}: {_first_line(err)}") from None
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def files(self, suffix: str, *, recursive: bool = False) -> list["Location"]:
+        """Files under this directory whose names end with `suffix`, hidden ones left
+        out (temporary and quarantined files start with a dot), sorted by path."""
+        if not self.is_dir():
+            return []
+        try:
+            infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
+        except OSError as err:
+            raise TfnasError(f"cannot list {self.url}: {_first_line(err)}") from None
+        base = self.path.rstrip("/")
+        found = []
+        for info in infos:
+            relative = info.path[len(base) :].lstrip("/") if info.path.startswith(base) else info.base_name
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix) and not any(part.startswith(".") for part in relative.split("/")):
+                found.append(Location(self.filesystem, info.path, f"{self.url.rstrip('/')}/{relative}"))
+        return sorted(found, key=lambda loc: loc.path)
+
+    def make_dirs(self) -> None:
+        try:
+            self.filesystem.create_dir(self.path, recursive=True)
+        except OSError as err:
+            raise TfnasError(f"cannot create {self.url}: {_first_line(err)}") from None
+
+    def read_bytes(self) -> bytes:
+        try:
+            with self.filesystem.open_input_stream(self.path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            raise TfnasError(f"{self.url} does not exist") from None
+        except OSError as err:
+            raise TfnasError(f"cannot read {self.url}: {_first_line(err)}") from None
+
+    def write_atomic(self, write: Callable[[pa.NativeFile], None]) -> None:
+        """Call `write(stream)` so that readers see either the old file or the whole new one."""
+        parent = Location(self.filesystem, self.path.rstrip("/").rsplit("/", 1)[0], self.url)
+        if isinstance(self.filesystem, _OBJECT_STORES):
+            target = self.path
+        else:
+            parent.make_dirs()
+            target = f"{parent.path}/.{self.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.filesystem.open_output_stream(target) as stream:
+                write(stream)
+            if target != self.path:
+                self.filesystem.move(target, self.path)
+        except OSError as err:
+            raise TfnasError(f"cannot write {self.url}: {_first_line(err)}") from None
+        finally:
+            if target != self.path and self.filesystem.get_file_info(target).type != pafs.FileType.NotFound:
+                self.filesystem.delete_file(target)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.write_atomic(lambda stream: stream.write(data))
+
+    def move_aside(self, suffix: str) -> "Location":
+        """Rename this file to a hidden name in the same directory (readers skip it)."""
+        parent = self.path.rstrip("/").rsplit("/", 1)[0]
+        hidden = Location(self.filesystem, f"{parent}/.{self.name}.{suffix}", f"{self.url}.{suffix}")
+        try:
+            self.filesystem.move(self.path, hidden.path)
+        except OSError as err:
+            raise TfnasError(f"cannot move {self.url} aside: {_first_line(err)}") from None
+        return hidden
+
+    def local_path(self) -> Path:
+        """The path of a local location (for tools that need one)."""
+        if not self.is_local:
+            raise TfnasError(f"{self.url} is not on the local filesystem")
+        return Path(self.path)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def is_url(where: str | os.PathLike) -> bool:
+    return isinstance(where, str) and "://" in where
+
+
+def locate(where: str | os.PathLike | Location) -> Location:
+    """The location a path or URL names.
+
+    Raises:
+        TfnasError: a URL scheme that neither pyarrow nor an installed fsspec package knows.
+    """
+    if isinstance(where, Location):
+        return where
+    if not is_url(where):
+        path = os.path.abspath(os.fspath(where))
+        return Location(pafs.LocalFileSystem(), path, os.fspath(where))
+    url = str(where)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
+        filesystem, path = _fsspec_location(url, arrow_error)
+    except OSError as err:
+        raise TfnasError(f"cannot open {url}: {_first_line(err)}") from None
+    return Location(filesystem, path.rstrip("/") or path, url)
+
+
+def _fsspec_location(url: str, arrow_error: Exception) -> tuple[pafs.FileSystem, str]:
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    scheme = url.split("://", 1)[0]
+    try:
+        filesystem, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        raise TfnasError(
+            f"location {url!r}: scheme {scheme!r} is not supported ({_first_line(arrow_error)}; fsspec: "
+            f"{_first_line(err)}); use a local path, file://, s3://, gs://, hdfs://, or install the fsspec package for {scheme}"
+        ) from None
+    return PyFileSystem(FSSpecHandler(filesystem)), path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
