@@ -216,6 +216,20 @@ def test_device_gpu_on_a_cluster_without_gpus_is_a_clear_error(ray_cluster, arch
         run_scoring(archs, tmp_path, ScoreConfig(metrics=("params",), device="gpu"), progress=False)
 
 
+def _run_cluster_script(script: str, *, n_archs: int, tmp_path) -> dict:
+    """Run `script` (which starts its own Ray cluster) on the first `n_archs` PTB cells;
+    return the JSON report it prints last."""
+    import json
+
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", table.slice(0, n_archs), path)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 SIMULATED_CLUSTER = r"""
 import json, sys
 import ray
@@ -238,15 +252,7 @@ print(json.dumps(report))
 def test_a_cluster_of_logical_gpus_gets_one_scorer_per_gpu(archs, tmp_path):
     """Ray started with 4 logical GPUs: each scorer holds a distinct GPU id and the
     shards spread over all of them; `--device cpu` falls back to CPU actors."""
-    import json
-
-    table, _ = get_benchmark("nb-nlp-ptb").load()
-    path = tmp_path / "archs.parquet"
-    tables.write_table("archs", table.slice(0, 8), path)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    result = subprocess.run([sys.executable, "-c", SIMULATED_CLUSTER, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _run_cluster_script(SIMULATED_CLUSTER, n_archs=8, tmp_path=tmp_path)
     assert report["auto"] == [f"cpu (simulated gpu {i})" for i in range(4)]
     assert report["cpu"] == ["cpu"]
     assert len(report["half"]) == 4  # two actors on each GPU: still every GPU used
@@ -305,15 +311,7 @@ def test_gpu_scorers_wait_for_the_autoscaler_to_add_a_gpu_node(archs, tmp_path):
     """--wait-for-gpus on a cluster with no GPU yet: the scorer asks for GPU actors,
     waits while they are pending, and scores on the GPU node once it joins; with no node
     ever coming it fails after the wait with a one-line error."""
-    import json
-
-    table, _ = get_benchmark("nb-nlp-ptb").load()
-    path = tmp_path / "archs.parquet"
-    tables.write_table("archs", table.slice(0, 6), path)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    result = subprocess.run([sys.executable, "-c", AUTOSCALED_CLUSTER, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _run_cluster_script(AUTOSCALED_CLUSTER, n_archs=6, tmp_path=tmp_path)
     assert report["no_gpu_error"].startswith("no GPU scorer was placed within --wait-for-gpus 3 s (the cluster has 0 GPUs)")
     assert report["waiting_before_node"] is True
     assert report["error"] is None

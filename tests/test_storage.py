@@ -4,6 +4,7 @@ way a cluster reaches AWS: AWS_ENDPOINT_URL and credentials from the environment
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -98,8 +99,13 @@ def test_scoring_writes_resumes_and_repairs_shards_in_s3(ray_cluster, s3_bucket,
 
     out = f"{s3_bucket}/scoring/scores"
     config = ScoreConfig(metrics=("params", "hidden_cov"), shard_size=2, seeding="fixed")
-    first = run_scoring(ptb_archs, out, config, progress=False)
+    # The session's Ray workers started before the endpoint was set: they cannot reach
+    # this S3, so the driver writes their shards, having said so once.
+    said = []
+    first = run_scoring(ptb_archs, out, config, progress=False, log=said.append)
     assert first.shards_total == 3 and first.shards_skipped == 0
+    assert len(said) == 1 and said[0].startswith("a scorer could not write its shard (cannot open s3://tfnas-results/scoring/scores/shard-")
+    assert first.shards_written_by_scorers == 0
     keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="tfnas-results", Prefix="scoring/scores/")["Contents"])
     shards = [k.rsplit("/", 1)[-1] for k in keys if k.endswith(".parquet")]
     assert len(shards) == 3 and all(name.startswith("shard-") for name in shards)
@@ -121,10 +127,10 @@ def test_scoring_writes_resumes_and_repairs_shards_in_s3(ray_cluster, s3_bucket,
 
 
 def test_reproduce_and_correlate_read_and_write_s3(ray_cluster, s3_bucket):
-    from tfnas_ray.pipeline import reproduce
+    from tfnas_ray.pipeline import PAPER_PROTOCOL, reproduce
 
     out = f"{s3_bucket}/runs/ptb"
-    result = reproduce("nb-nlp-ptb", out, metrics=["params"], limit=6, resamples=50, progress=False, log=lambda line: None)
+    result = reproduce("nb-nlp-ptb", out, dataclasses.replace(PAPER_PROTOCOL, metrics=("params",)), limit=6, resamples=50, progress=False, log=lambda line: None)
     assert result.out_dir.url == out
     for name in ("archs.parquet", "truth.parquet", "correlations.parquet"):
         assert locate(f"{out}/{name}").exists(), name
@@ -140,3 +146,21 @@ def test_a_missing_bucket_is_a_one_line_error(s3_bucket):
     with pytest.raises(TfnasError, match=r"s3://no-such-bucket/x\.parquet") as err:
         tables.write_table("truth", _truth_rows(1), "s3://no-such-bucket/x.parquet")
     assert "\n" not in str(err.value)
+
+
+def test_scorers_write_their_shards_to_s3_from_their_own_nodes(s3_bucket, ptb_archs, tmp_path):
+    """`tfnas score --out s3://…` in a fresh process: its Ray workers have the S3
+    settings, so each scorer uploads its own shards; a rerun finds them all."""
+    archs = tmp_path / "archs.parquet"
+    tables.write_table("archs", ptb_archs, archs)
+    out = f"{s3_bucket}/cli/scores"
+    command = [sys.executable, "-m", "tfnas_ray.cli", "score", str(archs), "-m", "params", "--shard-size", "2", "--out", out, "--no-progress"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shards written by the scorers to the object store: 3" in done.stdout
+    assert "could not write" not in done.stdout
+    scores = tables.read_table("scores", out)
+    assert scores.num_rows == 6 and scores.column("error").null_count == 6
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "3 shards already done" in again.stdout, again.stdout + again.stderr[-2000:]

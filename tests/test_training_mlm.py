@@ -91,7 +91,9 @@ def test_mlm_resume_equals_an_uninterrupted_run():
     [
         (dict(corpus="ptb"), r"MLM corpus 'ptb' is not allowed; allowed: wikitext-2"),
         (dict(seq_len=1024), r"seq_len must be in \[3, 512\] \(ELECTRA's position table\), got 1024"),
-        (dict(mask_prob=0.0), r"MLMConfig.mask_prob must be in \(0.0, 1.0\), got 0.0"),
+        (dict(mask_prob=0.0), r"MLMConfig.mask_prob must be in \(0, 1\), got 0.0"),
+        (dict(warmup=1.0), r"MLMConfig.warmup must be in \[0, 1\), got 1.0"),
+        (dict(lr=float("nan")), r"MLMConfig.lr must be finite and >= 0, got nan"),
     ],
 )
 def test_mlm_config_errors(fields, message):

@@ -58,6 +58,38 @@ def _resume_hint() -> str:
     return "resume with: " + " ".join(["tfnas"] + sys.argv[1:])
 
 
+# Options that `score` and `reproduce` share: how the scorer pool is laid out on Ray.
+Workers = Annotated[Optional[int], typer.Option(help="at most this many scorer actors")]
+Device = Annotated[str, typer.Option(help="auto | cpu | gpu")]
+ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU")]
+WaitForGpus = Annotated[
+    float,
+    typer.Option(
+        help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if "
+        "the GPUs do not exist yet, and wait up to this many seconds for the first"
+    ),
+]
+Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
+Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
+def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
+    """The ScoreConfig of the shared scoring options (`more`: further ScoreConfig fields)."""
+    from tfnas_ray.distributed.scoring import ScoreConfig
+
+    return ScoreConfig(
+        metrics=tuple(_metric_names(metric) or ()),
+        seed=seed,
+        seeding=seeding,
+        shard_size=shard_size,
+        workers=workers,
+        device=device,
+        actors_per_gpu=actors_per_gpu,
+        wait_for_gpus=wait_for_gpus,
+        **more,
+    )
+
+
 @app.command()
 def benchmarks() -> None:
     """List the shipped benchmarks."""
@@ -101,30 +133,20 @@ def score(
     seed: Annotated[int, typer.Option(help="the run's seed")] = 0,
     seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed (the paper's protocol)")] = "derived",
     shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
-    workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
-    actors_per_gpu: Annotated[float, typer.Option(help="scorer actors sharing one GPU")] = 1.0,
-    wait_for_gpus: Annotated[float, typer.Option(help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if the GPUs do not exist yet, and wait up to this many seconds for the first")] = 0.0,
+    workers: Workers = None,
+    device: Device = "auto",
+    actors_per_gpu: ActorsPerGpu = 1.0,
+    wait_for_gpus: WaitForGpus = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    address: Address = None,
+    progress: Progress = True,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
-    from tfnas_ray.distributed.scoring import ScoreConfig, ScoringInterrupted
+    from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import score_table
 
     batch_options = {} if corpus == "ptb" else {"corpus": corpus}
-    config = ScoreConfig(
-        metrics=tuple(_metric_names(metric) or ()),
-        seed=seed,
-        seeding=seeding,
-        shard_size=shard_size,
-        workers=workers,
-        device=device,
-        actors_per_gpu=actors_per_gpu,
-        wait_for_gpus=wait_for_gpus,
-        batch_options=batch_options,
-    )
+    config = _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options)
     try:
         summary = score_table(archs, out, config, address=address, progress=progress, log=typer.echo)
     except ScoringInterrupted as stop:
@@ -167,16 +189,16 @@ def reproduce(
     seed: Annotated[int, typer.Option(help="model seed (0 and fixed seeding: the paper's values)")] = 0,
     seeding: Annotated[str, typer.Option(help="fixed (the paper's protocol) or derived")] = "fixed",
     shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
-    workers: Annotated[Optional[int], typer.Option(help="at most this many scorer actors")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | gpu")] = "auto",
-    actors_per_gpu: Annotated[float, typer.Option(help="scorer actors sharing one GPU")] = 1.0,
-    wait_for_gpus: Annotated[float, typer.Option(help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if the GPUs do not exist yet, and wait up to this many seconds for the first")] = 0.0,
+    workers: Workers = None,
+    device: Device = "auto",
+    actors_per_gpu: ActorsPerGpu = 1.0,
+    wait_for_gpus: WaitForGpus = 0.0,
     limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
+    address: Address = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Progress = True,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
@@ -187,14 +209,7 @@ def reproduce(
         result = reproduce_benchmark(
             benchmark,
             out,
-            metrics=_metric_names(metric),
-            seed=seed,
-            seeding=seeding,
-            shard_size=shard_size,
-            workers=workers,
-            device=device,
-            actors_per_gpu=actors_per_gpu,
-            wait_for_gpus=wait_for_gpus,
+            _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
             limit=limit,
             address=address,
             resamples=resamples,
@@ -357,7 +372,7 @@ def train(
     scheduler: Annotated[TrainScheduler, typer.Option(help="fifo, or asha early stopping on the validation loss")] = TrainScheduler.fifo,
     gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial (fractions share one); default 1 with GPUs, else 0")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")] = None,
+    address: Address = None,
     storage: Annotated[Optional[str], typer.Option(help="experiment storage every node can reach (shared path or s3://); default OUT/tune")] = None,
 ) -> None:
     """Train each architecture briefly, one Ray Tune trial each, into a truth table

@@ -6,9 +6,10 @@ and returns what the CLI prints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import pyarrow as pa
 
@@ -84,18 +85,15 @@ class ReproduceResult:
         return text
 
 
+# The paper's protocol: every model seeded with 0; metrics: the benchmark's columns.
+PAPER_PROTOCOL = ScoreConfig(metrics=(), seed=0, seeding="fixed", shard_size=8)
+
+
 def reproduce(
     benchmark_name: str,
     out_dir: str | os.PathLike,
+    config: ScoreConfig = PAPER_PROTOCOL,
     *,
-    metrics: Sequence[str] | None = None,
-    seed: int = 0,
-    seeding: str = "fixed",
-    shard_size: int = 8,
-    workers: int | None = None,
-    device: str = "auto",
-    actors_per_gpu: float = 1.0,
-    wait_for_gpus: float = 0.0,
     limit: int | None = None,
     address: str | None = None,
     resamples: int = 1000,
@@ -108,8 +106,9 @@ def reproduce(
     DIR/archs.parquet, DIR/truth.parquet, DIR/scores/ (shards), DIR/correlations.parquet;
     DIR is a local path or a URL (`storage`).
 
-    `seeding="fixed"` with seed 0 is the paper's protocol: our values then equal the
-    authors' published per-architecture values. `limit` keeps the first N archs.
+    `config` says how to score; its empty `metrics` means the benchmark's default columns.
+    With `PAPER_PROTOCOL` (fixed seeding, seed 0) our values equal the authors' published
+    per-architecture values. `limit` keeps the first N archs.
     `as_trained` builds nb-bert models as the authors' pretraining did (every layer
     scaled-dot-product attention). `train` > 0 also trains that many of the benchmark's
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
@@ -130,16 +129,10 @@ def reproduce(
         truth = truth.filter(pa.array([pair in keep for pair in pairs]))
     tables.write_table("archs", archs, out.child("archs.parquet"))
     tables.write_table("truth", truth, out.child("truth.parquet"))
-    config = ScoreConfig(
-        metrics=tuple(metrics or bench.default_metrics),
-        seed=seed,
-        seeding=seeding,
-        shard_size=shard_size,
-        workers=workers,
-        device=device,
-        actors_per_gpu=actors_per_gpu,
-        wait_for_gpus=wait_for_gpus,
-        model_options={"as_trained": True} if as_trained else {},
+    config = dataclasses.replace(
+        config,
+        metrics=tuple(config.metrics or bench.default_metrics),
+        model_options={**config.model_options, **({"as_trained": True} if as_trained else {})},
     )
     if as_trained and bench.space != "nb-bert":
         raise TfnasError(f"--as-trained applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
@@ -151,13 +144,13 @@ def reproduce(
     correlations = correlate(
         summary.table,
         truth,
-        config=CorrelationConfig(resamples=resamples, seed=seed),
+        config=CorrelationConfig(resamples=resamples, seed=config.seed),
         directions=directions(),
         metrics=list(config.metrics),
         targets=targets,
     )
     tables.write_table("correlations", correlations, out.child("correlations.parquet"))
-    short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=seed, log=log) if train else None
+    short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=config.seed, log=log) if train else None
     return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs)
 
 

@@ -47,6 +47,11 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
+    @property
+    def is_object_store(self) -> bool:
+        """S3, GCS or Azure: the same place from every node (given credentials there)."""
+        return isinstance(self.filesystem, _OBJECT_STORES)
+
     def child(self, name: str) -> "Location":
         return Location(self.filesystem, f"{self.path.rstrip('/')}/{name}", f"{self.url.rstrip('/')}/{name}")
 
@@ -97,7 +102,7 @@ class Location:
     def write_atomic(self, write: Callable[[pa.NativeFile], None]) -> None:
         """Call `write(stream)` so that readers see either the old file or the whole new one."""
         parent = Location(self.filesystem, self.path.rstrip("/").rsplit("/", 1)[0], self.url)
-        if isinstance(self.filesystem, _OBJECT_STORES):
+        if self.is_object_store:
             target = self.path
         else:
             parent.make_dirs()

@@ -126,6 +126,7 @@ class ScoreSummary:
     shards_recomputed: int = 0  # found corrupt and recomputed
     failures: collections.Counter = field(default_factory=collections.Counter)  # reason -> count
     worker_deaths: int = 0
+    shards_written_by_scorers: int = 0  # uploaded by the actors (object-store output)
     scorers: dict[str, str] = field(default_factory=dict)  # "scorer-i" -> "device on node …"
     stale_files: int = 0
     seconds: float = 0.0
@@ -143,6 +144,8 @@ class ScoreSummary:
             devices = collections.Counter(place.rsplit(" on node ", 1)[0] for place in self.scorers.values())
             kinds = ", ".join(f"{n}× {d}" if n > 1 else d for d, n in sorted(devices.items()))
             out.append(f"scorers: {len(self.scorers)} on {len(nodes)} node(s): {kinds}")
+        if self.shards_written_by_scorers:
+            out.append(f"shards written by the scorers to the object store: {self.shards_written_by_scorers}")
         if self.worker_deaths:
             out.append(f"worker deaths recovered: {self.worker_deaths}")
         if self.failures:
@@ -263,7 +266,16 @@ def _make_actor_class():
                 "problem": self._problem,
             }
 
-        def score(self, items: list[tuple[str, str, str, int]], metrics: list[str], drill: Mapping[str, int], drill_dir: str | None) -> list[dict]:
+        def score(
+            self,
+            items: list[tuple[str, str, str, int]],
+            metrics: list[str],
+            drill: Mapping[str, int],
+            drill_dir: str | None,
+            destination: str | None = None,
+        ) -> dict:
+            """Score `items`; with a `destination` URL (a whole shard), also write the
+            shard there. Returns {"rows", "written", "write_error"}."""
             from tfnas_ray.metrics import BATCHES, load_metrics
             from tfnas_ray.metrics.scoring import score_architecture
 
@@ -287,7 +299,14 @@ def _make_actor_class():
                 ):
                     row["device"] = self._label
                     rows.append(row)
-            return rows
+            reply = {"rows": rows, "written": False, "write_error": None}
+            if destination is not None:
+                try:
+                    tables.write_table("scores", tables.from_rows("scores", rows), destination)
+                    reply["written"] = True
+                except TfnasError as err:  # e.g. no credentials on this node: the driver writes
+                    reply["write_error"] = str(err)
+            return reply
 
     return ScorerActor
 
@@ -424,7 +443,7 @@ def run_scoring(
         ]
         drill_dir = config.drill_dir or os.path.join(out.path if out.is_local else tempfile.gettempdir(), ".drill")
         try:
-            _drive(actors, start_with, todo, config, metrics, out, summary, bar, drill_dir, ray)
+            _drive(actors, start_with, todo, config, metrics, out, summary, bar, drill_dir, ray, log)
         except KeyboardInterrupt:
             bar.close()
             saved = len(planned & {f.name for f in out.files(".parquet")})
@@ -446,7 +465,7 @@ def run_scoring(
     return summary
 
 
-def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metrics, out: Location, summary: ScoreSummary, bar: _Progress, drill_dir: str, ray) -> None:
+def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metrics, out: Location, summary: ScoreSummary, bar: _Progress, drill_dir: str, ray, log) -> None:
     """The scheduling loop: keep every actor busy, retry after deaths, write shards."""
     from ray.exceptions import RayActorError, WorkerCrashedError
 
@@ -462,6 +481,11 @@ def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metr
     probes: dict[Any, tuple[Any, int]] = {actor.describe.remote(): (actor, 1) for actor in actors}
     deadline = time.monotonic() + config.wait_for_gpus if config.wait_for_gpus > 0 else None
     given_up = 0  # actors that never came back after a death
+    # Scorers write whole shards themselves to an object store every node reaches, so
+    # the driver's loop is not held up by uploads; otherwise (and for shards put
+    # together from retries) the driver writes.
+    scorers_write = out.is_object_store
+    written_by_scorer: set[str] = set()
     while pending or in_flight:
         while idle and pending and len(summary.scorers) + given_up >= start_with:
             actor, work = idle.pop(), pending.popleft()
@@ -470,7 +494,9 @@ def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metr
                 (shard.arch_ids[i], shard.spaces[i], shard.specs[i], arch_seed(shard.arch_ids[i], config.seed, config.seeding))
                 for i in work.positions
             ]
-            in_flight[actor.score.remote(items, metrics, drill, drill_dir)] = (actor, work)
+            whole = len(work.positions) == len(shard.arch_ids)
+            destination = out.child(shard.filename).url if scorers_write and whole else None
+            in_flight[actor.score.remote(items, metrics, drill, drill_dir, destination)] = (actor, work)
         if not in_flight and not probes:
             raise TfnasError("every scorer actor died and none could be restarted; see the Ray logs")
         timeout = None
@@ -504,8 +530,14 @@ def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metr
             actor, work = in_flight.pop(future)
             shard = work.shard
             try:
-                rows = ray.get(future)
+                reply = ray.get(future)
                 idle.append(actor)
+                rows = reply["rows"]
+                if reply["written"]:
+                    written_by_scorer.add(shard.shard_id)
+                elif reply["write_error"] and scorers_write:
+                    scorers_write = False
+                    log(f"a scorer could not write its shard ({reply['write_error']}); the driver writes the shards instead")
             except (RayActorError, WorkerCrashedError) as death:
                 summary.worker_deaths += 1
                 probes[actor.describe.remote()] = (actor, 1)
@@ -531,7 +563,10 @@ def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metr
                 for row in ordered:
                     if row["error"] is not None:
                         summary.failures[f"{row['metric']}: {_failure_reason(row['error'])}"] += 1
-                tables.write_table("scores", tables.from_rows("scores", ordered), out.child(shard.filename))
+                if shard.shard_id in written_by_scorer:
+                    summary.shards_written_by_scorers += 1
+                else:
+                    tables.write_table("scores", tables.from_rows("scores", ordered), out.child(shard.filename))
 
 
 def _failed_rows(arch_id: str, metrics, reason: str, config: ScoreConfig) -> list[dict]:

@@ -244,6 +244,10 @@ def _check_manifest(out_dir: Location, manifest: dict[str, Any], experiment: str
         path.write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
+# What Tune says when a restored trial's checkpoint was deleted (see train_architectures).
+_LOST_CHECKPOINT = "does not exist on storage anymore"
+
+
 def train_architectures(
     archs: pa.Table,
     out_dir: str | os.PathLike,
@@ -339,6 +343,14 @@ def train_architectures(
         )
     log(f"training {len(items)} architectures: {train.describe()}; {gpus:g} GPU and {options.cpus_per_trial:g} CPU per trial")
     results = tuner.fit()
+    lost = [r for r in results if r.error is not None and _LOST_CHECKPOINT in str(r.error)]
+    if resumed and lost:
+        # Tune deletes a trial's older checkpoint before its experiment snapshot names
+        # the newer one; a driver killed in between leaves a snapshot naming a deleted
+        # checkpoint (ray-project/ray#27790). Those trials start again from scratch.
+        log(f"Tune lost the checkpoint of {len(lost)} trial(s) when the driver was killed; training them again from scratch")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=True)
+        results = tuner.fit()
     truth = results_to_truth(results, items, train=train)
     path = tables.write_table("truth", truth, out_dir.child("truth.parquet"))
     return TrainOutcome(truth=truth, path=path, experiment=experiment, resumed=resumed, config=train.to_dict())

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tfnas_ray import checks
 from tfnas_ray.data.corpora import CORPORA, batchify, load_corpus
 from tfnas_ray.errors import TfnasError
+from tfnas_ray.spaces.nasbench_nlp.model import DROPOUTS
 
 BUDGET_KINDS = ("epochs", "steps", "tokens")
 _BUDGET_SUFFIX = {"epochs": "ep", "steps": "st", "tokens": "tok"}
@@ -147,21 +149,13 @@ class TrainConfig:
                 raise TfnasError(
                     f"iterations must be in [1, {self.budget.amount}] (the budget), got {self.iterations}"
                 )
-        for name in ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise TfnasError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        checks.at_least(self, ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size"), 1)
         # AWD draws seq_len >= 5, so a window needs at least 5 + 1 rows of the stream.
-        if self.bptt < 5:
-            raise TfnasError(f"TrainConfig.bptt must be >= 5, got {self.bptt}")
-        for name in ("lr", "weight_decay", "clip", "alpha", "beta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise TfnasError(f"TrainConfig.{name} must be finite and >= 0, got {value}")
+        checks.at_least(self, ("bptt",), 5)
+        checks.finite_nonnegative(self, ("lr", "weight_decay", "clip", "alpha", "beta"))
         if self.lr == 0:
             raise TfnasError("TrainConfig.lr must be > 0, got 0")
-        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise TfnasError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        checks.fractions(self, DROPOUTS)
         if self.train_tokens is not None and self.train_tokens < 2 * self.batch_size:
             raise TfnasError(
                 f"train_tokens must be >= 2 * batch_size = {2 * self.batch_size}, got {self.train_tokens}"
@@ -181,7 +175,7 @@ class TrainConfig:
         """Keyword arguments of `SPACE.build` (nb-nlp's LMConfig fields)."""
         return {
             name: getattr(self, name)
-            for name in ("emsize", "nhid", "nlayers", "dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+            for name in ("emsize", "nhid", "nlayers", *DROPOUTS)
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,11 +184,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TfnasError(f"unknown TrainConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**fields)
+        return checks.from_fields(cls, fields)
 
     @property
     def source(self) -> str:

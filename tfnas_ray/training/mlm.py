@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tfnas_ray import checks
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.training.lm import Budget
 
@@ -83,18 +84,13 @@ class MLMConfig:
             raise TfnasError(f"MLM corpus {self.corpus!r} is not allowed; allowed: wikitext-2 (the tokenizer's corpus)")
         if not 3 <= self.seq_len <= 512:
             raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {self.seq_len}")
-        if self.batch_size < 1:
-            raise TfnasError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.iterations is not None and self.iterations < 1:
-            raise TfnasError(f"iterations must be >= 1, got {self.iterations}")
-        for name, low, high in (("mask_prob", 0.0, 1.0), ("warmup", 0.0, 1.0), ("dropout", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not (low <= value < high) or (name == "mask_prob" and value == 0):
-                raise TfnasError(f"MLMConfig.{name} must be in {'(' if name == 'mask_prob' else '['}{low}, {high}), got {value}")
-        for name in ("lr", "weight_decay", "clip"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise TfnasError(f"MLMConfig.{name} must be finite and >= 0, got {value}")
+        checks.at_least(self, ("batch_size",), 1)
+        if self.iterations is not None:
+            checks.at_least(self, ("iterations",), 1)
+        checks.fractions(self, ("mask_prob", "warmup", "dropout"))
+        if self.mask_prob == 0:
+            raise TfnasError("MLMConfig.mask_prob must be in (0, 1), got 0.0: nothing would be predicted")
+        checks.finite_nonnegative(self, ("lr", "weight_decay", "clip"))
         for name in ("train_tokens", "valid_tokens"):
             value = getattr(self, name)
             if value is not None and value < self.seq_len - 2:
@@ -105,11 +101,7 @@ class MLMConfig:
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> "MLMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise TfnasError(f"unknown MLMConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**fields)
+        return checks.from_fields(cls, fields)
 
     @property
     def num_iterations(self) -> int:

@@ -16,9 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tfnas_ray.errors import TfnasError
+from tfnas_ray import checks
 from tfnas_ray.spaces.nasbench_nlp.cell import RecurrentLayer, StepRecorder
 from tfnas_ray.spaces.nasbench_nlp.recipe import Recipe
+
+
+# The AWD-LSTM dropout rates of the model, as fields of LMConfig and TrainConfig.
+DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,8 @@ class LMConfig:
     wdrop: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("ntoken", "emsize", "nhid", "nlayers"):
-            if getattr(self, name) < 1:
-                raise TfnasError(f"LMConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise TfnasError(f"LMConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        checks.at_least(self, ("ntoken", "emsize", "nhid", "nlayers"), 1)
+        checks.fractions(self, DROPOUTS)
 
     def layer_sizes(self) -> list[tuple[int, int]]:
         """(input size, hidden size) per layer: E→H, H→H, …, H→E (tied decoder)."""
