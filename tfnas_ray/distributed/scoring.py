@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -215,6 +216,46 @@ def check_shard(path: str | os.PathLike | Location, shard: Shard, metrics: Seque
     found = set(zip(table.column("arch_id").to_pylist(), table.column("metric").to_pylist()))
     if table.num_rows != len(expected) or found != expected:
         raise TfnasError(f"holds {table.num_rows} rows, expected {len(expected)} (one per arch and metric)")
+
+
+@dataclass
+class ResumeState:
+    finished: set[str]  # ids of the planned shards whose files are complete
+    corrupt: int  # planned shard files found incomplete, moved aside
+    stale: int  # shard files that belong to another plan
+
+
+# Shard checks are reads that wait on storage (an object store: tens of ms each), so
+# they run in threads; pyarrow releases the GIL while it reads.
+_CHECK_THREADS = 16
+
+
+def resume_state(out: Location, shards: Sequence[Shard], metrics: Sequence[str], *, log=print, threads: int = _CHECK_THREADS) -> ResumeState:
+    """Which planned shards a rerun can skip: one listing of `out`, then every planned
+    shard found there read and checked. A corrupt one is reported and moved aside (to
+    a hidden name, which readers skip) so that it is recomputed."""
+    existing = {f.name: f for f in out.files(".parquet") if f.name.startswith("shard-")}  # one listing, also on S3
+    planned = {s.filename for s in shards}
+    found = [s for s in shards if s.filename in existing]
+
+    def problem(shard: Shard) -> str | None:
+        try:
+            check_shard(existing[shard.filename], shard, metrics)
+        except TfnasError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = list(pool.map(problem, found))
+    state = ResumeState(finished=set(), corrupt=0, stale=sum(1 for name in existing if name not in planned))
+    for shard, reason in zip(found, problems):
+        if reason is None:
+            state.finished.add(shard.shard_id)
+            continue
+        log(f"shard {shard.filename} is corrupt ({reason}); recomputing it")
+        existing[shard.filename].move_aside(f"corrupt-{int(time.time())}")
+        state.corrupt += 1
+    return state
 
 
 def _failure_reason(error: str) -> str:
@@ -416,22 +457,10 @@ def run_scoring(
     shards = plan_shards(archs, config)
     metrics = list(config.metrics)
     summary = ScoreSummary(archs=sum(len(s.arch_ids) for s in shards), shards_total=len(shards))
-    existing = {f.name: f for f in out.files(".parquet") if f.name.startswith("shard-")}  # one listing, also on S3
+    resume = resume_state(out, shards, metrics, log=log)
+    summary.stale_files, summary.shards_skipped, summary.shards_recomputed = resume.stale, len(resume.finished), resume.corrupt
     planned = {s.filename for s in shards}
-    summary.stale_files = sum(1 for name in existing if name not in planned)
-
-    todo: list[Shard] = []
-    for shard in shards:
-        if shard.filename in existing:
-            try:
-                check_shard(existing[shard.filename], shard, metrics)
-                summary.shards_skipped += 1
-                continue
-            except TfnasError as problem:
-                log(f"shard {shard.filename} is corrupt ({problem}); recomputing it")
-                existing[shard.filename].move_aside(f"corrupt-{int(time.time())}")
-                summary.shards_recomputed += 1
-        todo.append(shard)
+    todo = [shard for shard in shards if shard.shard_id not in resume.finished]
 
     bar = _Progress(sum(len(s.arch_ids) for s in todo), progress and bool(todo))
     if todo:
@@ -456,12 +485,7 @@ def run_scoring(
                 ray.kill(actor, no_restart=True)
     bar.close()
     summary.seconds = time.perf_counter() - started
-    paths = [out.child(s.filename) for s in shards]
-    summary.table = (
-        pa.concat_tables([tables.read_table("scores", p) for p in paths])
-        if paths
-        else tables.from_rows("scores", [])
-    )
+    summary.table = tables.read_tables("scores", [out.child(s.filename) for s in shards])
     return summary
 
 
