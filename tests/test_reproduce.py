@@ -35,3 +35,23 @@ def test_reproduce_writes_the_four_tables_and_prints_the_correlations(ray_cluste
 def test_reproduce_refuses_as_trained_outside_nb_bert(ray_cluster, tmp_path):
     result = CliRunner().invoke(app, ["reproduce", "nb-nlp-ptb", "--out", str(tmp_path), "--as-trained", "--limit", "2"])
     assert result.exit_code == 1 and "--as-trained applies to nb-bert only" in result.output
+
+
+def test_reproduce_with_short_training_runs(ray_cluster, tmp_path):
+    """`--train N`: N of the benchmark's cells trained with the default CPU budget through
+    Ray Tune, then τ of the short-run loss against the published loss and of every
+    metric against the short runs."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["reproduce", "nb-nlp-ptb", "--out", str(out), "--limit", "3", "-m", "params", "--train", "2", "--resamples", "20", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    short = tables.read_table("truth", out / "truth_short.parquet").to_pylist()
+    assert sorted({r["target"] for r in short}) == ["train_loss@100ktok", "val_loss@100ktok"]
+    assert len(short) == 4 and all(r["status"] == "ok" and 4.0 < r["value"] < 9.3 for r in short)
+    published = {r["arch_id"] for r in tables.read_table("truth", out / "truth.parquet").to_pylist()}
+    assert {r["arch_id"] for r in short} <= published
+    report = result.output.split("short training runs (Ray Tune):", 1)[1]
+    assert "val_loss@100ktok                 test_loss                             2" in report
+    assert "params                           val_loss@100ktok" in report

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
@@ -101,12 +100,12 @@ class Location:
 
     def write_atomic(self, write: Callable[[pa.NativeFile], None]) -> None:
         """Call `write(stream)` so that readers see either the old file or the whole new one."""
-        parent = Location(self.filesystem, self.path.rstrip("/").rsplit("/", 1)[0], self.url)
         if self.is_object_store:
             target = self.path
         else:
-            parent.make_dirs()
-            target = f"{parent.path}/.{self.name}.{uuid.uuid4().hex}.tmp"
+            parent = self.path.rstrip("/").rsplit("/", 1)[0]
+            Location(self.filesystem, parent, self.url.rstrip("/").rsplit("/", 1)[0]).make_dirs()
+            target = f"{parent}/.{self.name}.{uuid.uuid4().hex}.tmp"
         try:
             with self.filesystem.open_output_stream(target) as stream:
                 write(stream)
@@ -130,12 +129,6 @@ class Location:
         except OSError as err:
             raise TfnasError(f"cannot move {self.url} aside: {_first_line(err)}") from None
         return hidden
-
-    def local_path(self) -> Path:
-        """The path of a local location (for tools that need one)."""
-        if not self.is_local:
-            raise TfnasError(f"{self.url} is not on the local filesystem")
-        return Path(self.path)
 
     def __str__(self) -> str:
         return self.url

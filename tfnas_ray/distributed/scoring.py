@@ -3,9 +3,9 @@
 The work is cut into shards; each finished shard is written atomically to its own
 Parquet file named by the shard's identity (a hash of its architectures, metrics, seed,
 seeding and batch), so a rerun of the same command skips finished shards, recomputes a
-corrupt one, and never writes a shard twice. The output is a local path or a URL that
-the driver writes to (`storage`: s3://, gs://, …), so a driver on any node of a cluster
-finds the same shards. One actor per GPU (or per CPU without GPUs) scores shards; with
+corrupt one, and never writes a shard twice. The output is a local path or a URL
+(`storage`: s3://, gs://, …). The driver writes shards to a path; to an object store
+the scorers upload their shards themselves, from whichever node they run on. One actor per GPU (or per CPU without GPUs) scores shards; with
 `wait_for_gpus`, GPU actors the cluster cannot place yet wait for the autoscaler and
 join when placed. An actor that dies is restarted, its shard is retried one
 architecture at a time, and an architecture that kills its worker `max_tries` times is
