@@ -266,12 +266,17 @@ from tfnas_ray import tables
 from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
 from tfnas_ray.errors import TfnasError
 
-# A head without GPUs, as an autoscaling cluster is before any work arrives.
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 100 * 2**20})
+# A head that runs no work and a cluster without workers, as an autoscaling cluster is
+# before any work arrives.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 100 * 2**20})
 ray.init(address=cluster.address, log_to_driver=False)
 head = ray.get_runtime_context().get_node_id()
 archs = tables.read_table("archs", sys.argv[1])
 report = {}
+try:
+    run_scoring(archs, sys.argv[2] + "/auto", ScoreConfig(metrics=("params",)), progress=False)
+except TfnasError as err:
+    report["auto_error"] = str(err)
 try:
     run_scoring(archs, sys.argv[2] + "/none", ScoreConfig(metrics=("params",), device="gpu", workers=2, wait_for_gpus=3, simulate_gpus=True), progress=False)
 except TfnasError as err:
@@ -310,8 +315,10 @@ cluster.shutdown()
 def test_gpu_scorers_wait_for_the_autoscaler_to_add_a_gpu_node(archs, tmp_path):
     """--wait-for-gpus on a cluster with no GPU yet: the scorer asks for GPU actors,
     waits while they are pending, and scores on the GPU node once it joins; with no node
-    ever coming it fails after the wait with a one-line error."""
+    ever coming it fails after the wait with a one-line error. `--device auto` on such a
+    cluster (no CPU or GPU for scorers) fails at once, naming the flags to use."""
     report = _run_cluster_script(AUTOSCALED_CLUSTER, n_archs=6, tmp_path=tmp_path)
+    assert report["auto_error"].startswith("--device auto: the Ray cluster has no CPU or GPU for scorers yet")
     assert report["no_gpu_error"].startswith("no GPU scorer was placed within --wait-for-gpus 3 s (the cluster has 0 GPUs)")
     assert report["waiting_before_node"] is True
     assert report["error"] is None

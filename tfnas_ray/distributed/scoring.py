@@ -422,7 +422,16 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
         count = max(present, config.workers or 1) if waiting else present
         resources = {"num_gpus": 1.0 / config.actors_per_gpu, "num_cpus": 0}
     else:
-        count = max(1, int(cluster_cpus()))
+        cpus = int(cluster_cpus())
+        if cpus == 0:
+            # A head started with num-cpus 0 and no workers yet: CPU scorers would wait
+            # for whatever node the autoscaler adds, one at a time, and GPUs go unused.
+            raise TfnasError(
+                f"--device {config.device}: the Ray cluster has no CPU or GPU for scorers yet (a head with "
+                "num-cpus 0 and no workers?); on a cluster that autoscales GPU workers use "
+                "--device gpu --workers N --wait-for-gpus SECONDS"
+            )
+        count = cpus
         resources = {"num_cpus": 1}
     count = max(1, min(count, config.workers or count, n_shards))
     # Wait for every actor the cluster can place now, so that shards spread over all of
