@@ -22,7 +22,7 @@ import pytest
 
 from tfnas_ray import tables
 from tfnas_ray.analysis.correlation import CorrelationConfig, correlate
-from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_architectures
+from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_architectures, trials_use_gpus
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.spaces.nasbench_nlp import SPACE
 from tfnas_ray.spaces.nasbench_nlp.benchmarks import load_ptb
@@ -231,3 +231,9 @@ def test_one_budget_per_run():
 def test_tune_options_errors(options, message):
     with pytest.raises(TfnasError, match=message):
         TuneOptions(**options)
+
+
+def test_trials_ask_for_gpus_before_an_autoscaling_cluster_has_them():
+    assert trials_use_gpus(TuneOptions(gpus_per_trial=1), gpus_now=0)  # GPU workers scale from zero
+    assert not trials_use_gpus(TuneOptions(gpus_per_trial=0), gpus_now=4)
+    assert trials_use_gpus(TuneOptions(), gpus_now=2) and not trials_use_gpus(TuneOptions(), gpus_now=0)

@@ -417,6 +417,15 @@ def budget_from_options(*, epochs: int | None = None, steps: int | None = None, 
     return Budget(kind, amount)
 
 
+def trials_use_gpus(options: TuneOptions, gpus_now: float) -> bool:
+    """Whether trials train on GPUs (and so get the GPU defaults). Trials that ask for
+    GPUs do, even before an autoscaling cluster has added the GPU nodes they wait for;
+    otherwise the cluster as it is now decides."""
+    if options.gpus_per_trial is not None:
+        return options.gpus_per_trial > 0
+    return gpus_now > 0
+
+
 def train_table(
     archs_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -438,7 +447,7 @@ def train_table(
     archs = tables.read_table("archs", archs_path)
     items = _arch_items(archs)  # check before starting Ray
     connect(address)
-    has_gpus = cluster_gpus() > 0 and options.gpus_per_trial != 0
+    has_gpus = trials_use_gpus(options, cluster_gpus())
     fields = {k: v for k, v in (overrides or {}).items() if v is not None}
     if budget is not None:
         fields["budget"] = budget
@@ -452,7 +461,7 @@ def train_table(
         used = [k for k in defaults if k not in fields]
         if used:
             log(
-                f"{'GPU' if has_gpus else 'CPU'} defaults (the cluster has {'GPUs' if has_gpus else 'no GPU'}): "
+                f"{'GPU' if has_gpus else 'CPU'} defaults (trials {'with' if has_gpus else 'without'} GPUs): "
                 + ", ".join(f"{k}={defaults[k].label if isinstance(defaults[k], Budget) else defaults[k]}" for k in used)
             )
     return train_architectures(archs, out_dir, train=train, options=options, address=address, log=log)
