@@ -51,28 +51,28 @@ class Location:
         """S3, GCS or Azure: the same place from every node (given credentials there)."""
         return isinstance(self.filesystem, _OBJECT_STORES)
 
+    @property
+    def parent(self) -> "Location":
+        return Location(self.filesystem, self.path.rstrip("/").rsplit("/", 1)[0], self.url.rstrip("/").rsplit("/", 1)[0])
+
     def child(self, name: str) -> "Location":
         return Location(self.filesystem, f"{self.path.rstrip('/')}/{name}", f"{self.url.rstrip('/')}/{name}")
 
-    def _info(self) -> pafs.FileInfo:
+    def file_type(self) -> pafs.FileType:
+        """File, Directory or NotFound: one request (a HEAD on an object store)."""
         try:
-            return self.filesystem.get_file_info(self.path)
+            return self.filesystem.get_file_info(self.path).type
         except OSError as err:
             raise TfnasError(f"cannot reach {self.url}: {_first_line(err)}") from None
 
     def exists(self) -> bool:
-        return self._info().type != pafs.FileType.NotFound
-
-    def is_dir(self) -> bool:
-        return self._info().type == pafs.FileType.Directory
+        return self.file_type() != pafs.FileType.NotFound
 
     def files(self, suffix: str, *, recursive: bool = False) -> list["Location"]:
         """Files under this directory whose names end with `suffix`, hidden ones left
         out (temporary and quarantined files start with a dot), sorted by path."""
-        if not self.is_dir():
-            return []
         try:
-            infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
+            infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True))
         except OSError as err:
             raise TfnasError(f"cannot list {self.url}: {_first_line(err)}") from None
         base = self.path.rstrip("/")
@@ -103,9 +103,8 @@ class Location:
         if self.is_object_store:
             target = self.path
         else:
-            parent = self.path.rstrip("/").rsplit("/", 1)[0]
-            Location(self.filesystem, parent, self.url.rstrip("/").rsplit("/", 1)[0]).make_dirs()
-            target = f"{parent}/.{self.name}.{uuid.uuid4().hex}.tmp"
+            self.parent.make_dirs()
+            target = f"{self.parent.path}/.{self.name}.{uuid.uuid4().hex}.tmp"
         try:
             with self.filesystem.open_output_stream(target) as stream:
                 write(stream)
@@ -122,8 +121,7 @@ class Location:
 
     def move_aside(self, suffix: str) -> "Location":
         """Rename this file to a hidden name in the same directory (readers skip it)."""
-        parent = self.path.rstrip("/").rsplit("/", 1)[0]
-        hidden = Location(self.filesystem, f"{parent}/.{self.name}.{suffix}", f"{self.url}.{suffix}")
+        hidden = Location(self.filesystem, f"{self.parent.path}/.{self.name}.{suffix}", f"{self.url}.{suffix}")
         try:
             self.filesystem.move(self.path, hidden.path)
         except OSError as err:

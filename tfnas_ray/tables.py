@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tfnas_ray.errors import TfnasError
@@ -140,9 +141,10 @@ def read_table(kind: str, path: str | os.PathLike | Location) -> pa.Table:
         TfnasError: the path is missing, is not Parquet, or lacks a required column.
     """
     where = locate(path)
-    if not where.exists():
+    found = where.file_type()  # one request per table: this reads every shard of a run
+    if found == pafs.FileType.NotFound:
         raise TfnasError(f"{kind} table {where.url!r} does not exist")
-    if where.is_dir():
+    if found == pafs.FileType.Directory:
         files = where.files(".parquet", recursive=True)
         if not files:
             raise TfnasError(f"{kind} directory {where.url!r} holds no .parquet files")

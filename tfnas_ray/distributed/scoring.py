@@ -128,7 +128,7 @@ class ScoreSummary:
     failures: collections.Counter = field(default_factory=collections.Counter)  # reason -> count
     worker_deaths: int = 0
     shards_written_by_scorers: int = 0  # uploaded by the actors (object-store output)
-    scorers: dict[str, str] = field(default_factory=dict)  # "scorer-i" -> "device on node …"
+    scorers: dict[int, tuple[str, str]] = field(default_factory=dict)  # actor index -> (device, node)
     stale_files: int = 0
     seconds: float = 0.0
     table: pa.Table | None = None
@@ -141,8 +141,8 @@ class ScoreSummary:
             f"wall time {self.seconds:.1f} s, {rate:.2f} archs/s",
         ]
         if self.scorers:
-            nodes = {place.rsplit(" on node ", 1)[-1] for place in self.scorers.values()}
-            devices = collections.Counter(place.rsplit(" on node ", 1)[0] for place in self.scorers.values())
+            nodes = {node for _, node in self.scorers.values()}
+            devices = collections.Counter(device for device, _ in self.scorers.values())
             kinds = ", ".join(f"{n}× {d}" if n > 1 else d for d, n in sorted(devices.items()))
             out.append(f"scorers: {len(self.scorers)} on {len(nodes)} node(s): {kinds}")
         if self.shards_written_by_scorers:
@@ -421,6 +421,7 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
         # until the autoscaler adds nodes for them; they join the pool when placed.
         count = max(present, config.workers or 1) if waiting else present
         resources = {"num_gpus": 1.0 / config.actors_per_gpu, "num_cpus": 0}
+        placeable_now = present if waiting else count
     else:
         cpus = int(cluster_cpus())
         if cpus == 0:
@@ -431,13 +432,12 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
                 "num-cpus 0 and no workers?); on a cluster that autoscales GPU workers use "
                 "--device gpu --workers N --wait-for-gpus SECONDS"
             )
-        count = cpus
+        count = placeable_now = cpus
         resources = {"num_cpus": 1}
     count = max(1, min(count, config.workers or count, n_shards))
     # Wait for every actor the cluster can place now, so that shards spread over all of
     # them; actors that wait for the autoscaler join later.
-    start_with = max(1, min(count, present)) if kind == "gpu" and waiting else count
-    return _Pool(kind, count, resources, start_with)
+    return _Pool(kind, count, resources, start_with=max(1, min(count, placeable_now)))
 
 
 def run_scoring(
@@ -551,7 +551,7 @@ def _drive(actors, start_with: int, todo: list[Shard], config: ScoreConfig, metr
                     info = ray.get(future)
                     if info["problem"]:
                         raise TfnasError(info["problem"])
-                    summary.scorers[f"scorer-{actors.index(actor)}"] = f"{info['device']} on node {info['node'][:12]}"
+                    summary.scorers[actors.index(actor)] = (info["device"], info["node"][:12])
                     idle.append(actor)
                 except (RayActorError, WorkerCrashedError):
                     if tries < _MAX_PROBES:
