@@ -202,6 +202,7 @@ def reproduce(
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
+    from tfnas_ray.analysis.report import write_report
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
@@ -224,6 +225,70 @@ def reproduce(
         typer.echo(line)
     typer.echo(result.report())
     typer.echo(f"tables in {result.out_dir.url}: archs.parquet truth.parquet scores/ correlations.parquet")
+    typer.echo(f"report: {write_report(result.out_dir).url}")
+
+
+@app.command()
+def search(
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    metric: Annotated[list[str], typer.Option("--metric", "-m", help="rank by this metric, or a rank ensemble ensemble:a+b (repeat: each method keeps its own best)")],
+    keep: Annotated[int, typer.Option(help="architectures kept per method")] = 10,
+    candidates: Annotated[Optional[int], typer.Option(help="architectures to draw (with --archs: the first N admitted; default all)")] = None,
+    archs: Annotated[Optional[str], typer.Option(help="take the candidates from this archs table instead of drawing")] = None,
+    out: Annotated[str, typer.Option(help="output directory: a path, or a URL every node can reach")] = "runs/search",
+    seed: Annotated[int, typer.Option(help="seed of the generator and of the scoring")] = 0,
+    seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed")] = "derived",
+    shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
+    workers: Workers = None,
+    device: Device = "auto",
+    actors_per_gpu: ActorsPerGpu = 1.0,
+    wait_for_gpus: WaitForGpus = 0.0,
+    min_params: Annotated[Optional[int], typer.Option(help="keep candidates with at least this many parameters")] = None,
+    max_params: Annotated[Optional[int], typer.Option(help="keep candidates with at most this many parameters")] = None,
+    min_layers: Annotated[Optional[int], typer.Option(help="nb-bert: at least this many encoder layers")] = None,
+    max_layers: Annotated[Optional[int], typer.Option(help="nb-bert: at most this many encoder layers")] = None,
+    min_hidden: Annotated[Optional[int], typer.Option(help="nb-bert: hidden size at least this")] = None,
+    max_hidden: Annotated[Optional[int], typer.Option(help="nb-bert: hidden size at most this")] = None,
+    train: Annotated[int, typer.Option(help="train the best N of each method's kept with Ray Tune and report their loss")] = 0,
+    address: Address = None,
+    progress: Progress = True,
+) -> None:
+    """Search a space training-free: draw candidates, score them through Ray, keep the
+    best by a metric or ensemble, write the Pareto front and a report. Rerun to resume."""
+    from tfnas_ray.analysis.report import write_report
+    from tfnas_ray.analysis.search import Constraints
+    from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.search_pipeline import SearchConfig, parse_methods, search as run_search
+
+    config = SearchConfig(
+        space=space,
+        methods=parse_methods(metric),
+        keep=keep,
+        candidates=candidates,
+        seed=seed,
+        archs=archs,
+        constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
+        train=train,
+    )
+    score_config = _score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus)
+    try:
+        result = run_search(config, out, score_config, address=address, progress=progress, log=typer.echo)
+    except ScoringInterrupted as stop:
+        fail(f"{stop}; {_resume_hint()}")
+    for line in result.summary.lines() + result.lines():
+        typer.echo(line)
+    typer.echo(f"tables in {result.out_dir.url}: candidates.parquet scores/ chosen.parquet pareto.parquet")
+    typer.echo(f"report: {write_report(result.out_dir).url}")
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="output directory of reproduce, search, evaluate-search or train (a path or a URL)")],
+) -> None:
+    """Draw a run's figures: DIR/figures/*.png and one self-contained DIR/report.html."""
+    from tfnas_ray.analysis.report import write_report
+
+    typer.echo(f"report: {write_report(run).url}")
 
 
 # ---- cluster jobs ----------------------------------------------------------------------

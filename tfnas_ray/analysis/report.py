@@ -1,0 +1,442 @@
+"""Reports people can look at: PNG figures and one self-contained HTML page per run.
+
+`write_report(DIR)` looks at what a run left in DIR and draws what applies:
+
+- reproduce (correlations.parquet, truth.parquet, scores/): per metric a scatter of the
+  metric against the primary target with τ [95% interval] in its title; a bar chart of τ
+  with its interval across metrics; for nb-bert, the design-choice effects of the space
+  analysis (`space_analysis`) and each metric's τ on the whole and the restricted space.
+- search (candidates.parquet, chosen.parquet, pareto.parquet): per method the Pareto
+  front of score vs parameter count, the kept architectures marked.
+- evaluate-search (search_eval.parquet): per keep K, regret against pool size for every
+  method, random and the oracle, with 95% intervals.
+- train (truth.parquet with learning curves; a search's train/): the learning curves.
+
+It writes DIR/figures/NAME.png and DIR/report.html, the same figures embedded as base64
+PNGs with the tables as HTML, so the page is one file that opens anywhere offline.
+Figures are built as matplotlib `Figure` objects on the Agg canvas (no display, no
+pyplot state), so they can be checked (labels, sizes) before they are saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tfnas_ray import tables
+from tfnas_ray.analysis.search import metric_columns
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.storage import Location, locate
+
+DPI = 100
+FIGSIZE = (6.4, 4.8)  # inches: 640 × 480 pixels at DPI
+BASELINES = ("random", "oracle")
+
+
+@dataclass
+class ReportFigure:
+    """One figure of a report: `name` is its file stem, `caption` says what it shows."""
+
+    name: str
+    title: str
+    figure: Figure
+    caption: str = ""
+
+    def png(self) -> bytes:
+        buffer = io.BytesIO()
+        FigureCanvasAgg(self.figure)  # the Agg canvas: rendering without a display
+        self.figure.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
+
+
+@dataclass
+class Section:
+    """A part of the page: a heading, figures, and an HTML table (already escaped)."""
+
+    heading: str
+    figures: list[ReportFigure]
+    table_html: str = ""
+    text: str = ""
+
+
+def _figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, object]:
+    figure = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _interval(value, lo, hi) -> str:
+    return f"{_fmt(value, '+.3f')} [{_fmt(lo, '+.3f')}, {_fmt(hi, '+.3f')}]"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---- figures ---------------------------------------------------------------------------
+
+
+def scatter_figure(metric: str, target: str, x: np.ndarray, y: np.ndarray, correlation: dict) -> ReportFigure:
+    """A metric against the truth, τ [95% interval] in the title."""
+    figure, axes = _figure()
+    finite = np.isfinite(x) & np.isfinite(y)
+    axes.scatter(x[finite], y[finite], s=12, alpha=0.6, edgecolors="none")
+    axes.set_xlabel(metric)
+    axes.set_ylabel(target)
+    tau = _interval(correlation.get("kendall_tau"), correlation.get("kendall_lo"), correlation.get("kendall_hi"))
+    axes.set_title(f"{metric} vs {target}: τ {tau}, n = {int(finite.sum())}")
+    axes.grid(alpha=0.3)
+    return ReportFigure(f"scatter-{_safe(metric)}-{_safe(target)}", f"{metric} vs {target}", figure, f"Kendall τ with its 95% bootstrap interval; {int(finite.sum())} architectures.")
+
+
+def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
+    """Kendall τ of every metric against `target`, with the 95% interval as error bars."""
+    rows = sorted(rows, key=lambda r: r["kendall_tau"] if r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"]) else -2)
+    names = [r["metric"] for r in rows]
+    tau = np.array([r["kendall_tau"] if r["kendall_tau"] is not None else math.nan for r in rows], dtype=float)
+    lo = np.array([r["kendall_lo"] if r["kendall_lo"] is not None else math.nan for r in rows], dtype=float)
+    hi = np.array([r["kendall_hi"] if r["kendall_hi"] is not None else math.nan for r in rows], dtype=float)
+    errors = np.nan_to_num(np.vstack([tau - lo, hi - tau]), nan=0.0)
+    figure, axes = _figure((6.4, max(2.4, 0.35 * len(rows) + 1.2)))
+    positions = np.arange(len(rows))
+    axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color=["tab:blue" if t >= 0 else "tab:red" for t in np.nan_to_num(tau)])
+    axes.set_yticks(positions, names)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel(f"Kendall τ against {target} (95% interval)")
+    axes.set_ylabel("metric")
+    axes.set_title(f"Kendall τ against {target}")
+    return ReportFigure(f"tau-{_safe(target)}", f"τ across metrics ({target})", figure, "Signed τ: positive means the metric ranks architectures as the target does (its declared direction applied).")
+
+
+def pareto_figure(method: str, params: np.ndarray, score: np.ndarray, front: Sequence[int], kept: Sequence[int], *, ensemble: bool) -> ReportFigure:
+    """Every candidate's score against its parameter count; the Pareto front as a line."""
+    figure, axes = _figure()
+    finite = np.isfinite(score)
+    axes.scatter(params[finite], score[finite], s=10, color="0.6", label="candidates")
+    front = list(front)
+    if front:
+        axes.plot(params[front], score[front], "-o", color="tab:red", markersize=4, label="Pareto front")
+    if len(kept):
+        axes.scatter(params[list(kept)], score[list(kept)], s=80, facecolors="none", edgecolors="tab:blue", linewidths=1.5, label="kept")
+    if params.size and params.max() > 10 * max(params.min(), 1):
+        axes.set_xscale("log")
+    axes.set_xlabel("parameters")
+    axes.set_ylabel("mean rank of the members (higher = better)" if ensemble else method)
+    axes.set_title(f"{method}: {len(front)} on the Pareto front of {int(finite.sum())}")
+    axes.legend(loc="best", fontsize="small")
+    axes.grid(alpha=0.3)
+    return ReportFigure(f"pareto-{_safe(method)}", f"Pareto front: {method}", figure, "No architecture on the front is beaten on both the score and the parameter count.")
+
+
+def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
+    """Regret against pool size for every method, random and the oracle (95% intervals)."""
+    figure, axes = _figure()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
+    target = rows[0].get("target") or "target"
+    for method in methods:
+        own = sorted((r for r in rows if r["method"] == method), key=lambda r: r["pool_size"])
+        x = np.array([r["pool_size"] for r in own], dtype=float)
+        y = np.array([r["regret"] for r in own], dtype=float)
+        lo = np.array([r["regret_lo"] if r["regret_lo"] is not None else math.nan for r in own], dtype=float)
+        hi = np.array([r["regret_hi"] if r["regret_hi"] is not None else math.nan for r in own], dtype=float)
+        style = {"random": dict(color="black", linestyle="--"), "oracle": dict(color="0.5", linestyle=":")}.get(method, {})
+        (line,) = axes.plot(x, y, marker="o", markersize=4, label=method, **style)
+        if np.isfinite(lo).any():
+            axes.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+    pools = sorted({r["pool_size"] for r in rows})
+    if len(pools) > 1 and pools[-1] > 10 * pools[0]:
+        axes.set_xscale("log")
+    axes.set_xlabel("pool size (architectures)")
+    axes.set_ylabel(f"regret in {target} (gap to the pool's best)")
+    axes.set_title(f"Regret of the top-{keep} pick against pool size")
+    axes.legend(loc="best", fontsize="small")
+    axes.grid(alpha=0.3)
+    return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, "Mean over random pools; shaded: 95% interval. Lower is better; the oracle is 0 by definition.")
+
+
+def curves_figure(truth: pa.Table) -> ReportFigure | None:
+    """Learning curves of trained architectures (one line per trial and target)."""
+    rows = [r for r in truth.to_pylist() if r["curve"] and r["target"].startswith("val_")]
+    if not rows:
+        return None
+    figure, axes = _figure()
+    for r in rows:
+        axes.plot(np.arange(1, len(r["curve"]) + 1), r["curve"], marker="o", markersize=3, alpha=0.8, label=r["arch_id"][:10])
+    axes.set_xlabel("report (iteration of the budget)")
+    axes.set_ylabel(rows[0]["target"])
+    axes.set_title(f"Learning curves of {len(rows)} trained architectures")
+    if len(rows) <= 10:
+        axes.legend(loc="best", fontsize="x-small")
+    axes.grid(alpha=0.3)
+    return ReportFigure("learning-curves", "Learning curves", figure, "Validation loss at each report of the short-run budget (Ray Tune).")
+
+
+def effects_figure(effects: pa.Table, target: str) -> ReportFigure:
+    """NAS-Bench-BERT design choices: regression effect on the target ± 1.96 se."""
+    rows = effects.to_pylist()[::-1]  # largest |t| on top
+    figure, axes = _figure((6.4, 0.4 * len(rows) + 1.4))
+    positions = np.arange(len(rows))
+    axes.barh(positions, [r["effect"] for r in rows], xerr=[1.96 * r["se"] for r in rows], capsize=3, color="tab:green")
+    axes.set_yticks(positions, [r["choice"] for r in rows])
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel(f"effect on {target} (points; 95% interval)")
+    axes.set_ylabel("design choice")
+    axes.set_title(f"NAS-Bench-BERT: what moves {target}")
+    return ReportFigure(f"space-effects-{_safe(target)}", "Design choices", figure, "Coefficients of one least-squares regression of the target on all choices at once.")
+
+
+def inside_tau_figure(taus: pa.Table, rule: dict, target: str) -> ReportFigure:
+    """Each metric's τ on the whole space and inside the restricted space."""
+    rows = sorted(taus.to_pylist(), key=lambda r: r["tau_all"] if math.isfinite(r["tau_all"]) else -2)
+    figure, axes = _figure((6.4, max(2.4, 0.4 * len(rows) + 1.4)))
+    positions = np.arange(len(rows))
+    axes.barh(positions - 0.2, [r["tau_all"] for r in rows], height=0.4, label="whole space")
+    rule_text = " and ".join(f"{k}={int(v)}" for k, v in rule.items())
+    axes.barh(positions + 0.2, [r["tau_inside"] for r in rows], height=0.4, label=f"inside {rule_text}")
+    axes.set_yticks(positions, [r["metric"] for r in rows])
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel(f"Kendall τ against {target}")
+    axes.set_ylabel("metric")
+    axes.set_title("τ on the whole and the restricted space")
+    axes.legend(loc="best", fontsize="small")
+    return ReportFigure(f"space-tau-{_safe(target)}", "τ inside the restricted space", figure, "A metric that only tells hidden sizes and depths apart loses its τ inside the restricted space.")
+
+
+# ---- sections from the tables a run left ---------------------------------------------------
+
+
+def _read(kind: str | None, where: Location) -> pa.Table | None:
+    if not where.exists():
+        return None
+    if kind is not None:
+        return tables.read_table(kind, where)
+    try:
+        return pq.read_table(where.path, filesystem=where.filesystem)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TfnasError(f"{where.url} is not a readable Parquet file: {err}".splitlines()[0]) from None
+
+
+def _correlation_sections(out: Location) -> list[Section]:
+    correlations = _read("correlations", out.child("correlations.parquet"))
+    truth = _read("truth", out.child("truth.parquet"))
+    if correlations is None or truth is None or not out.child("scores").exists():
+        return []
+    rows = correlations.to_pylist()
+    target = rows[0]["target"]  # the pipeline writes the primary target first
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    scores = tables.read_table("scores", out.child("scores"))
+    truth_rows = [r for r in truth.to_pylist() if r["target"] == target]
+    columns = metric_columns(scores, [r["arch_id"] for r in truth_rows], metrics)
+    y = np.array([r["value"] if r["value"] is not None else math.nan for r in truth_rows], dtype=float)
+    by_pair = {(r["metric"], r["target"]): r for r in rows}
+    figures = [tau_bar_figure([r for r in rows if r["target"] == target], target)]
+    figures += [scatter_figure(m, target, columns[m], y, by_pair[(m, target)]) for m in metrics]
+    table = _html_table(
+        ["metric", "target", "n", "Kendall τ [95%]", "Spearman ρ [95%]", "Pearson r"],
+        [
+            [r["metric"], r["target"], r["n"], _interval(r["kendall_tau"], r["kendall_lo"], r["kendall_hi"]), _interval(r["spearman_rho"], r["spearman_lo"], r["spearman_hi"]), _fmt(r["pearson_r"], "+.3f")]
+            for r in rows
+        ],
+    )
+    sections = [Section("Metrics against the truth", figures, table)]
+    archs = _read("archs", out.child("archs.parquet"))
+    if archs is not None and archs.num_rows and archs.column("space")[0].as_py() == "nb-bert" and "glue" in set(truth.column("target").to_pylist()):
+        sections.append(_space_section(scores))
+    return sections
+
+
+def _space_section(scores: pa.Table) -> Section:
+    from tfnas_ray.analysis.space_analysis import analyze_space
+    from tfnas_ray.spaces.nasbench_bert.benchmarks import records
+
+    result = analyze_space(records(), target="glue", scores=scores)
+    figures = [effects_figure(result["effects"], "glue"), inside_tau_figure(result["metric_taus"], result["rule"], "glue")]
+    test = result["operation_test"]
+    text = (
+        f"Do the layer operations explain GLUE beyond hidden size, depth, heads and FFN stacking? "
+        f"F = {test.f:.2f}, p = {test.p:.3g}."
+    )
+    return Section("NAS-Bench-BERT space analysis", figures, text=text)
+
+
+def _search_sections(out: Location) -> list[Section]:
+    from tfnas_ray.analysis.ranking import parse_method
+
+    candidates = _read("archs", out.child("candidates.parquet"))
+    chosen = _read(None, out.child("chosen.parquet"))
+    pareto = _read(None, out.child("pareto.parquet"))
+    if candidates is None or chosen is None or pareto is None:
+        return []
+    ids = candidates.column("arch_id").to_pylist()
+    index = {a: i for i, a in enumerate(ids)}
+    params = np.asarray(candidates.column("params").to_pylist(), dtype=float)
+    scores = tables.read_table("scores", out.child("scores"))
+    chosen_rows, pareto_rows = chosen.to_pylist(), pareto.to_pylist()
+    figures = []
+    for method_name in dict.fromkeys(r["method"] for r in chosen_rows + pareto_rows):
+        method = parse_method(method_name)
+        if method.is_ensemble:
+            from tfnas_ray.analysis.ranking import method_merit
+            from tfnas_ray.pipeline import directions
+
+            score = method_merit(method, metric_columns(scores, ids, method.members), directions())
+        else:
+            score = metric_columns(scores, ids, [method_name])[method_name]
+        front = [index[r["arch_id"]] for r in pareto_rows if r["method"] == method_name]
+        kept = [index[r["arch_id"]] for r in chosen_rows if r["method"] == method_name]
+        figures.append(pareto_figure(method_name, params, score, front, kept, ensemble=method.is_ensemble))
+    trained = "trained_loss" in chosen.column_names
+    header = ["method", "rank", "arch_id", "score", "params", "on Pareto front"] + (["trained loss"] if trained else [])
+    table = _html_table(
+        header,
+        [
+            [r["method"], r["rank"], r["arch_id"], _fmt(r["score"], ".5g"), f"{r['params']:,}", "yes" if r["on_pareto_front"] else ""]
+            + ([f"{_fmt(r['trained_loss'], '.4f')} ({r['trained_target']})" if r["trained_loss"] is not None else "–"] if trained else [])
+            for r in chosen_rows
+        ],
+    )
+    sections = [Section(f"Search: the kept architectures of {len(ids)} candidates", figures, table)]
+    train_truth = _read("truth", out.child("train").child("truth.parquet"))
+    if train_truth is not None and (curves := curves_figure(train_truth)) is not None:
+        sections.append(Section("Training the best", [curves]))
+    return sections
+
+
+def _regret_sections(out: Location) -> list[Section]:
+    evaluation = _read(None, out.child("search_eval.parquet"))
+    if evaluation is None:
+        return []
+    rows = evaluation.to_pylist()
+    figures = [regret_figure([r for r in rows if r["keep"] == k], k) for k in sorted({r["keep"] for r in rows})]
+    table = _html_table(
+        ["method", "pool size", "keep", "regret [95%]", "percentile", "top-10% overlap", "target"],
+        [
+            [r["method"], r["pool_size"], r["keep"], f"{_fmt(r['regret'], '.3f')} [{_fmt(r['regret_lo'], '.3f')}, {_fmt(r['regret_hi'], '.3f')}]", _fmt(r["percentile"], ".1f"), _fmt(r["top10_overlap"], ".3f"), r["target"]]
+            for r in rows
+        ],
+    )
+    return [Section("Search evaluation: regret of the pick", figures, table)]
+
+
+def _train_sections(out: Location) -> list[Section]:
+    # A `train` output: truth.parquet with learning curves and no scores beside it.
+    if out.child("scores").exists():
+        return []
+    truth = _read("truth", out.child("truth.parquet"))
+    if truth is None or (curves := curves_figure(truth)) is None:
+        return []
+    rows = truth.to_pylist()
+    table = _html_table(["arch_id", "target", "value", "status", "seconds"], [[r["arch_id"], r["target"], _fmt(r["value"], ".4f"), r["status"], _fmt(r["seconds"], ".1f")] for r in rows])
+    return [Section("Short training runs", [curves], table)]
+
+
+SECTION_BUILDERS: Sequence[Callable[[Location], list[Section]]] = (
+    _correlation_sections,
+    _search_sections,
+    _regret_sections,
+    _train_sections,
+)
+
+
+def build_sections(out_dir: str | Location) -> list[Section]:
+    """Every section that applies to what `out_dir` holds.
+
+    Raises:
+        TfnasError: the directory holds none of the tables a report is made of.
+    """
+    out = locate(out_dir)
+    if not out.exists():
+        raise TfnasError(f"report: {out.url!r} does not exist")
+    sections = [section for build in SECTION_BUILDERS for section in build(out)]
+    if not sections:
+        raise TfnasError(
+            f"report: {out.url!r} holds no run to report on; expected the output of reproduce "
+            f"(correlations.parquet), search (chosen.parquet), evaluate-search (search_eval.parquet) or train (truth.parquet)"
+        )
+    return sections
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 46%; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
+th { background: #f4f4f4; }
+"""
+
+
+def render_html(title: str, sections: Sequence[Section], pngs: dict[str, bytes]) -> str:
+    """The page: every figure as a base64 data URL, so it is one self-contained file."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        for fig in section.figures:
+            data = base64.b64encode(pngs[fig.name]).decode("ascii")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(fig.title)}">'
+                f"<figcaption>{html.escape(fig.title)}. {html.escape(fig.caption)}</figcaption></figure>"
+            )
+        parts.append(section.table_html)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Location, *, title: str | None = None) -> Location:
+    """Draw the figures of a run's directory; write DIR/figures/*.png and DIR/report.html.
+
+    Returns:
+        The location of report.html.
+    Raises:
+        TfnasError: the directory holds no run (see `build_sections`).
+    """
+    out = locate(out_dir)
+    sections = build_sections(out)
+    figures_dir = out.child("figures")
+    figures_dir.make_dirs()
+    pngs: dict[str, bytes] = {}
+    for section in sections:
+        for fig in section.figures:
+            pngs[fig.name] = fig.png()
+            figures_dir.child(f"{fig.name}.png").write_bytes(pngs[fig.name])
+    page = render_html(title or f"tfnas report: {out.name}", sections, pngs)
+    report = out.child("report.html")
+    report.write_bytes(page.encode("utf-8"))
+    return report
+
+
+def figure_names(sections: Sequence[Section]) -> list[str]:
+    return [fig.name for section in sections for fig in section.figures]
+
