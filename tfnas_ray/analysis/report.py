@@ -89,6 +89,15 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _spread_scale(axes, axis: str, values: np.ndarray) -> None:
+    """A symmetric-log axis where values span orders of magnitude (hidden covariance
+    runs from -2e3 to -1e7 on one space); linear otherwise."""
+    values = np.abs(np.asarray(values, dtype=float))
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size >= 2 and values.max() > 100 * np.median(values):
+        getattr(axes, f"set_{axis}scale")("symlog", linthresh=float(np.min(values)))
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -103,6 +112,7 @@ def scatter_figure(metric: str, target: str, x: np.ndarray, y: np.ndarray, corre
     figure, axes = _figure()
     finite = np.isfinite(x) & np.isfinite(y)
     axes.scatter(x[finite], y[finite], s=12, alpha=0.6, edgecolors="none")
+    _spread_scale(axes, "x", x[finite])
     axes.set_xlabel(metric)
     axes.set_ylabel(target)
     tau = _interval(correlation.get("kendall_tau"), correlation.get("kendall_lo"), correlation.get("kendall_hi"))
@@ -142,6 +152,7 @@ def pareto_figure(method: str, params: np.ndarray, score: np.ndarray, front: Seq
         axes.scatter(params[list(kept)], score[list(kept)], s=80, facecolors="none", edgecolors="tab:blue", linewidths=1.5, label="kept")
     if params.size and params.max() > 10 * max(params.min(), 1):
         axes.set_xscale("log")
+    _spread_scale(axes, "y", score[finite])
     axes.set_xlabel("parameters")
     axes.set_ylabel("mean rank of the members (higher = better)" if ensemble else method)
     axes.set_title(f"{method}: {len(front)} on the Pareto front of {int(finite.sum())}")
