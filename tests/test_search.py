@@ -201,3 +201,19 @@ def test_search_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "search needs --candidates N (how many to draw) or --archs FILE" in result.output
     result = run(["nb-nlp", "--metric", "params", "--candidates", "2", "--keep", "2", "--train", "3", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "--train must be between 0 and --keep (2), got 3" in result.output
+
+
+def test_search_trains_the_best_and_puts_their_loss_beside_the_rank(ray_cluster, tmp_path):
+    out = tmp_path / "search"
+    result = run(["nb-nlp", "--metric", "params", "--candidates", "4", "--keep", "2", "--train", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    chosen = pq.read_table(out / "chosen.parquet").to_pylist()
+    trained = [r for r in chosen if r["trained_loss"] is not None]
+    assert [r["rank"] for r in trained] == [1] and trained[0]["trained_target"] == "val_loss@100ktok"
+    truth = {r["arch_id"]: r for r in tables.read_table("truth", out / "train" / "truth.parquet").to_pylist() if r["target"] == "val_loss@100ktok"}
+    assert list(truth) == [trained[0]["arch_id"]] and truth[trained[0]["arch_id"]]["value"] == trained[0]["trained_loss"]
+    # The default CPU budget (64 units, 100k tokens) lands between a trained LM and
+    # the uniform guess over 10,000 words, ln(10,000) = 9.21.
+    assert 4.0 < trained[0]["trained_loss"] < 9.3
+    assert "val_loss@100ktok" in result.output
+    assert (out / "figures" / "learning-curves.png").exists()

@@ -155,7 +155,7 @@ def pareto_figure(method: str, params: np.ndarray, score: np.ndarray, front: Seq
     _spread_scale(axes, "y", score[finite])
     axes.set_xlabel("parameters")
     axes.set_ylabel("mean rank of the members (higher = better)" if ensemble else method)
-    axes.set_title(f"{method}: {len(front)} on the Pareto front of {int(finite.sum())}")
+    axes.set_title(f"{method}: Pareto front of {int(finite.sum())} scored candidates ({len(front)} on it)")
     axes.legend(loc="best", fontsize="small")
     axes.grid(alpha=0.3)
     return ReportFigure(f"pareto-{_safe(method)}", f"Pareto front: {method}", figure, "No architecture on the front is beaten on both the score and the parameter count.")
