@@ -217,3 +217,7 @@ def test_search_trains_the_best_and_puts_their_loss_beside_the_rank(ray_cluster,
     assert 4.0 < trained[0]["trained_loss"] < 9.3
     assert "val_loss@100ktok" in result.output
     assert (out / "figures" / "learning-curves.png").exists()
+    # The training run's own directory is a `train` output: its report is the curves.
+    report = CliRunner().invoke(app, ["report", str(out / "train")])
+    assert report.exit_code == 0, report.output
+    assert (out / "train" / "report.html").exists() and (out / "train" / "figures" / "learning-curves.png").exists()

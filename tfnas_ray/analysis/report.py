@@ -131,7 +131,7 @@ def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
     errors = np.nan_to_num(np.vstack([tau - lo, hi - tau]), nan=0.0)
     figure, axes = _figure((6.4, max(2.4, 0.35 * len(rows) + 1.2)))
     positions = np.arange(len(rows))
-    axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color=["tab:blue" if t >= 0 else "tab:red" for t in np.nan_to_num(tau)])
+    axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color="tab:blue")
     axes.set_yticks(positions, names)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_xlabel(f"Kendall τ against {target} (95% interval)")
