@@ -294,7 +294,8 @@ def _space_section(scores: pa.Table) -> Section:
 
 
 def _search_sections(out: Location) -> list[Section]:
-    from tfnas_ray.analysis.ranking import parse_method
+    from tfnas_ray.analysis.ranking import method_merit, parse_method
+    from tfnas_ray.pipeline import directions
 
     candidates = _read("archs", out.child("candidates.parquet"))
     chosen = _read(None, out.child("chosen.parquet"))
@@ -309,10 +310,7 @@ def _search_sections(out: Location) -> list[Section]:
     figures = []
     for method_name in dict.fromkeys(r["method"] for r in chosen_rows + pareto_rows):
         method = parse_method(method_name)
-        if method.is_ensemble:
-            from tfnas_ray.analysis.ranking import method_merit
-            from tfnas_ray.pipeline import directions
-
+        if method.is_ensemble:  # its score is its merit, the mean rank of its members
             score = method_merit(method, metric_columns(scores, ids, method.members), directions())
         else:
             score = metric_columns(scores, ids, [method_name])[method_name]
@@ -447,7 +445,4 @@ def write_report(out_dir: str | Location, *, title: str | None = None) -> Locati
     report.write_bytes(page.encode("utf-8"))
     return report
 
-
-def figure_names(sections: Sequence[Section]) -> list[str]:
-    return [fig.name for section in sections for fig in section.figures]
 
