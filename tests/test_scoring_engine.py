@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from tfnas_ray import tables
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.cli import app
+from tfnas_ray.distributed.drills import Drill
 from tfnas_ray.distributed.scoring import ScoreConfig, plan_shards, run_scoring
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import BATCHES
@@ -103,19 +104,27 @@ def test_a_shard_with_missing_rows_is_recomputed(ray_cluster, archs, tmp_path):
     assert any("holds 5 rows, expected 12" in m for m in messages)
 
 
-def test_a_worker_killed_mid_shard_is_recovered(ray_cluster, archs, tmp_path):
+def stage(monkeypatch, drill: Drill) -> None:
+    for name, value in drill.to_env().items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_worker_killed_mid_shard_is_recovered(ray_cluster, archs, tmp_path, monkeypatch):
     victim = archs.column("arch_id")[2].as_py()
-    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=6, workers=1, exit_drill={victim: 1}, drill_dir=str(tmp_path / "drill"))
+    stage(monkeypatch, Drill(exit={victim: 1}, dir=str(tmp_path / "drill")))
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=6, workers=1)
     summary = run_scoring(archs, tmp_path / "out", config, progress=False)
-    assert summary.worker_deaths == 1  # only the call that crashed; the restart is waited for
+    assert summary.worker_deaths == 1  # only the call that crashed; the replacement is waited for
+    assert not summary.failures
     assert summary.table.column("error").null_count == summary.table.num_rows
     reference = run_scoring(archs, tmp_path / "ref", ScoreConfig(metrics=METRICS, seed=0, shard_size=6), progress=False)
     assert values(summary.table) == values(reference.table)
 
 
-def test_a_poison_architecture_is_recorded_as_failed_after_max_tries(ray_cluster, archs, tmp_path):
+def test_a_poison_architecture_is_recorded_as_failed_after_max_tries(ray_cluster, archs, tmp_path, monkeypatch):
     victim = archs.column("arch_id")[1].as_py()
-    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=3, max_tries=2, exit_drill={victim: 99}, drill_dir=str(tmp_path / "drill"))
+    stage(monkeypatch, Drill(exit={victim: 99}, dir=str(tmp_path / "drill")))
+    config = ScoreConfig(metrics=METRICS, seed=0, shard_size=3, max_tries=2)
     summary = run_scoring(archs, tmp_path / "out", config, progress=False)
     rows = summary.table.to_pylist()
     failed = [r for r in rows if r["arch_id"] == victim]
@@ -123,6 +132,8 @@ def test_a_poison_architecture_is_recorded_as_failed_after_max_tries(ray_cluster
     others = [r for r in rows if r["arch_id"] != victim and r["metric"] == "params"]
     assert len(others) == 5 and all(r["value"] is not None for r in others)
     assert any("worker died" in reason for reason in summary.failures)
+    # The shard's death split it, charging nobody; then the victim died twice alone.
+    assert summary.worker_deaths == 3
 
 
 def test_plan_rejects_unknown_metrics_and_bad_settings(archs):
@@ -231,40 +242,47 @@ def _run_cluster_script(script: str, *, n_archs: int, tmp_path) -> dict:
 
 
 SIMULATED_CLUSTER = r"""
-import json, sys
+import json, os, sys
 import ray
 from tfnas_ray import tables
+from tfnas_ray.distributed.drills import Drill
 from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
+os.environ.update(Drill(simulate_gpus=True).to_env())  # before Ray starts: its workers inherit it
 ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, object_store_memory=100 * 2**20)
 archs = tables.read_table("archs", sys.argv[1])
 report = {}
 for device in ("auto", "cpu"):
-    config = ScoreConfig(metrics=("params",), shard_size=1, device=device, simulate_gpus=True)
+    config = ScoreConfig(metrics=("params",), shard_size=1, device=device)
     summary = run_scoring(archs, sys.argv[2] + "/" + device, config, progress=False)
-    report[device] = sorted(set(summary.table.column("device").to_pylist()))
-half = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", actors_per_gpu=2, simulate_gpus=True)
-report["half"] = sorted(set(run_scoring(archs, sys.argv[2] + "/half", half, progress=False).table.column("device").to_pylist()))
+    report[device] = sorted({device for device, _ in summary.scorers.values()})
+    report[device + "_rows"] = sorted(set(summary.table.column("device").to_pylist()))
+half = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", actors_per_gpu=2)
+report["half"] = [device for device, _ in run_scoring(archs, sys.argv[2] + "/half", half, progress=False).scorers.values()]
 print(json.dumps(report))
 """
 
 
 @pytest.mark.slow
 def test_a_cluster_of_logical_gpus_gets_one_scorer_per_gpu(archs, tmp_path):
-    """Ray started with 4 logical GPUs: each scorer holds a distinct GPU id and the
-    shards spread over all of them; `--device cpu` falls back to CPU actors."""
+    """Ray started with 4 logical GPUs: each scorer holds a distinct GPU id; work goes
+    to the scorers that are up; `--device cpu` falls back to CPU actors."""
     report = _run_cluster_script(SIMULATED_CLUSTER, n_archs=8, tmp_path=tmp_path)
     assert report["auto"] == [f"cpu (simulated gpu {i})" for i in range(4)]
+    assert set(report["auto_rows"]) <= set(report["auto"])
     assert report["cpu"] == ["cpu"]
-    assert len(report["half"]) == 4  # two actors on each GPU: still every GPU used
+    # Two actors on each GPU: 8 scorers, every GPU used by two.
+    assert sorted(report["half"]) == sorted(f"cpu (simulated gpu {i})" for i in range(4) for _ in range(2))
 
 
 AUTOSCALED_CLUSTER = r"""
-import json, sys, threading, time
+import json, os, sys, threading, time
 import ray
 from ray.cluster_utils import Cluster
 from tfnas_ray import tables
+from tfnas_ray.distributed.drills import Drill
 from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
 from tfnas_ray.errors import TfnasError
+os.environ.update(Drill(simulate_gpus=True).to_env())
 
 # A head that runs no work and a cluster without workers, as an autoscaling cluster is
 # before any work arrives.
@@ -278,13 +296,13 @@ try:
 except TfnasError as err:
     report["auto_error"] = str(err)
 try:
-    run_scoring(archs, sys.argv[2] + "/none", ScoreConfig(metrics=("params",), device="gpu", workers=2, wait_for_gpus=3, simulate_gpus=True), progress=False)
+    run_scoring(archs, sys.argv[2] + "/none", ScoreConfig(metrics=("params",), device="gpu", workers=2, wait_for_gpus=3), progress=False)
 except TfnasError as err:
     report["no_gpu_error"] = str(err)
 
 outcome = {}
 def score():
-    config = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", workers=2, wait_for_gpus=120, simulate_gpus=True)
+    config = ScoreConfig(metrics=("params",), shard_size=1, device="gpu", workers=2, wait_for_gpus=120)
     try:
         outcome["summary"] = run_scoring(archs, sys.argv[2] + "/grown", config, progress=False)
     except BaseException as err:
