@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -136,6 +137,66 @@ def test_a_poison_architecture_is_recorded_as_failed_after_max_tries(ray_cluster
     assert summary.worker_deaths == 3
 
 
+def test_a_busy_cluster_scores_with_the_scorers_it_can_place(ray_cluster, archs, tmp_path, monkeypatch):
+    """Other work holds one of the cluster's two CPUs: the scorer that fits scores
+    everything, the other is given up after the placement wait, naming what it lacked.
+    With both CPUs held, the run stops after the wait, naming them (it used to wait for
+    ever)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from tfnas_ray.distributed import scheduler
+
+    monkeypatch.setattr(scheduler, "PLACEMENT_WAIT_S", 4.0)
+    config = ScoreConfig(metrics=("params",), shard_size=2, device="cpu")
+    held = placement_group([{"CPU": 1}])
+    ray_cluster.get(held.ready(), timeout=60)
+    try:
+        said = []
+        summary = run_scoring(archs, tmp_path / "half", config, progress=False, log=said.append)
+        assert summary.scored == 6 and len(summary.scorers) == 1
+        assert said == ["1 scorer(s) could not be placed within 4 s (each needs 1 CPU, the cluster has 0 of 2 free "
+                        "(other work holds the rest)); going on with 1"]
+    finally:
+        remove_placement_group(held)
+    held = placement_group([{"CPU": 1}, {"CPU": 1}])
+    ray_cluster.get(held.ready(), timeout=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TfnasError, match=r"^no scorer could be placed within 4 s: each needs 1 CPU, the cluster has 0 of 2 free"):
+            run_scoring(archs, tmp_path / "none", config, progress=False)
+        assert time.monotonic() - started < 30
+    finally:
+        remove_placement_group(held)
+
+
+def test_a_scorer_whose_constructor_fails_stops_the_run_with_its_cause(ray_cluster, archs, tmp_path, monkeypatch):
+    stage(monkeypatch, Drill(fail_init="cannot open /dev/nvidia0"))
+    started = time.monotonic()
+    with pytest.raises(TfnasError, match=r"^a scorer actor failed to start: RuntimeError: cannot open /dev/nvidia0$"):
+        run_scoring(archs, tmp_path, ScoreConfig(metrics=("params",)), progress=False)
+    assert time.monotonic() - started < 30  # was 300 probes of 0.2 s per actor
+
+
+def test_a_full_gpu_is_retried_and_recorded_failures_rescored_on_request(ray_cluster, archs, tmp_path, monkeypatch):
+    """CUDA out of memory is retried (charged to the architecture alone, not recorded at
+    once); a poison architecture recorded as failed is rescored by --retry-failed, and
+    the rescored shard equals an undisturbed run."""
+    reference = run_scoring(archs, tmp_path / "ref", ScoreConfig(metrics=METRICS, shard_size=3), progress=False)
+    full, poison = archs.column("arch_id")[0].as_py(), archs.column("arch_id")[4].as_py()
+    # Two full-GPU reports make one attempt fail (the scorer retries once itself). The
+    # poison one kills its shard's scorer (uncharged), then itself alone twice.
+    stage(monkeypatch, Drill(cuda_oom={full: 2}, exit={poison: 3}, dir=str(tmp_path / "drill")))
+    config = ScoreConfig(metrics=METRICS, shard_size=3, max_tries=2)
+    first = run_scoring(archs, tmp_path / "out", config, progress=False)
+    failed = {r["arch_id"] for r in first.table.to_pylist() if r["error"] is not None}
+    assert failed == {poison} and first.worker_deaths == 3
+    again = run_scoring(archs, tmp_path / "out", config, progress=False)
+    assert again.scored == 0  # without --retry-failed a recorded failure stays
+    retried = run_scoring(archs, tmp_path / "out", dataclasses.replace(config, retry_failed=True), progress=False)
+    assert retried.scored == 1 and retried.shards_retried == 1 and retried.shards_skipped == 1
+    assert values(retried.table) == values(reference.table)
+
+
 def test_plan_rejects_unknown_metrics_and_bad_settings(archs):
     with pytest.raises(TfnasError, match="unknown metric 'hidden_covariance'; known: .*hidden_cov"):
         plan_shards(archs, ScoreConfig(metrics=("hidden_covariance",)))
@@ -147,6 +208,11 @@ def test_plan_rejects_unknown_metrics_and_bad_settings(archs):
         ScoreConfig(metrics=METRICS, wait_for_gpus=60)
     with pytest.raises(TfnasError, match="--wait-for-gpus must be >= 0 seconds, got -1"):
         ScoreConfig(metrics=METRICS, device="gpu", wait_for_gpus=-1)
+    # 1.5 scorers per GPU would take 2/3 GPU each: the second never fits, and the pool waited for it.
+    for share in (1.5, 0.5, 0):
+        with pytest.raises(TfnasError, match=rf"--actors-per-gpu must be a whole number >= 1 \(scorers sharing one GPU, each taking 1/N of it\), got {share:g}$"):
+            ScoreConfig(metrics=METRICS, actors_per_gpu=share)
+    assert ScoreConfig(metrics=METRICS, actors_per_gpu=3).actors_per_gpu == 3
 
 
 @pytest.mark.parametrize(
