@@ -61,7 +61,7 @@ def _resume_hint() -> str:
 # Options that `score` and `reproduce` share: how the scorer pool is laid out on Ray.
 Workers = Annotated[Optional[int], typer.Option(help="at most this many scorer actors")]
 Device = Annotated[str, typer.Option(help="auto | cpu | gpu")]
-ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU")]
+ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU, a whole number N (each takes 1/N of it)")]
 WaitForGpus = Annotated[
     float,
     typer.Option(

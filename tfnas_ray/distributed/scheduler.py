@@ -294,8 +294,11 @@ class Scheduler:
         self._record(shard, done, reply["rows"])
 
     def _on_death(self, scorer: _Scorer, work: Work, fault: Fault) -> None:
+        import ray
+
         self._summary.worker_deaths += 1
         self.placed.pop(scorer.slot, None)
+        ray.kill(scorer.actor, no_restart=True)  # an unreachable one may still live and hold its resources
         if fault.kind == "constructor":
             raise TfnasError(f"a scorer actor failed to start: {fault.cause}")
         self._blame(work, fault)
