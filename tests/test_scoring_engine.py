@@ -243,6 +243,15 @@ def test_cli_rejects_an_unknown_metric_and_a_bad_spec_before_work(tmp_path, arch
     assert result.exit_code == 1 and "row 0" in result.output and "never uses 'h_prev_0'" in result.output
 
 
+def test_cli_rejects_a_share_of_a_gpu_no_scorer_fits_before_ray_starts(tmp_path, archs):
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", archs, path)
+    result = CliRunner().invoke(app, ["score", str(path), "-m", "params", "--actors-per-gpu", "1.5", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "--actors-per-gpu must be a whole number >= 1" in result.output and "got 1.5" in result.output
+    assert not (tmp_path / "s").exists()
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tfnas_ray.cli", *args]
 
