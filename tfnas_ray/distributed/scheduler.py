@@ -138,7 +138,6 @@ class Scheduler:
         self.idle: list[_Scorer] = []  # placed scorers without work
         self.starting: dict[Any, _Scorer] = {}  # describe() call -> scorer not yet up
         self._results: dict[str, dict[int, list[dict]]] = {}  # shard -> position -> rows
-        self._shards: dict[str, Any] = {}  # shard id -> Shard with work in this run
         self._written_by_scorer: set[str] = set()
         # Scorers write whole shards themselves to an object store every node reaches, so
         # the driver is not held up by uploads; otherwise (and for shards put together
@@ -154,7 +153,6 @@ class Scheduler:
         import ray
 
         for item in work:
-            self._shards[item.shard.shard_id] = item.shard
             self._results.setdefault(item.shard.shard_id, dict(prior.get(item.shard.shard_id, {})))
         self.pending.extend(work)
         for slot in range(self._pool.count):
