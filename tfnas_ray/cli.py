@@ -61,7 +61,7 @@ def _resume_hint() -> str:
 # Options that `score` and `reproduce` share: how the scorer pool is laid out on Ray.
 Workers = Annotated[Optional[int], typer.Option(help="at most this many scorer actors")]
 Device = Annotated[str, typer.Option(help="auto | cpu | gpu")]
-ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU")]
+ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU, a whole number N (each takes 1/N of it)")]
 WaitForGpus = Annotated[
     float,
     typer.Option(
@@ -70,7 +70,8 @@ WaitForGpus = Annotated[
     ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
-Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Progress = Annotated[bool, typer.Option(help="show progress on stderr (a bar on a terminal, a line every 30 s in logs)")]
+RetryFailed = Annotated[bool, typer.Option(help="rescore the architectures that an earlier run recorded as failed")]
 
 
 def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
@@ -140,13 +141,16 @@ def score(
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
     address: Address = None,
     progress: Progress = True,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import score_table
 
     batch_options = {} if corpus == "ptb" else {"corpus": corpus}
-    config = _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options)
+    config = _score_config(
+        metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options, retry_failed=retry_failed
+    )
     try:
         summary = score_table(archs, out, config, address=address, progress=progress, log=typer.echo)
     except ScoringInterrupted as stop:
@@ -199,6 +203,7 @@ def reproduce(
     as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
     progress: Progress = True,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
@@ -210,7 +215,7 @@ def reproduce(
         result = reproduce_benchmark(
             benchmark,
             out,
-            _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
+            _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, retry_failed=retry_failed),
             limit=limit,
             address=address,
             resamples=resamples,
