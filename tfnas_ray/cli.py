@@ -1,6 +1,8 @@
 """The `tfnas` command line: parse, call one library function, print.
 
-Domain errors (`TfnasError`) become one line on stderr and exit code 1.
+Errors become one line on stderr: malformed input, found before any work starts
+(`InputError`, and click's own usage errors), exits 2; a domain error met while
+working (`TfnasError`) exits 1.
 """
 
 from __future__ import annotations
@@ -14,18 +16,33 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.errors import InputError, TfnasError
+
+
+def exit_code(err: TfnasError) -> int:
+    """2 for input rejected up front (a usage error), 1 for a domain error at work."""
+    return 2 if isinstance(err, InputError) else 1
 
 
 class _OneLineErrors(TyperGroup):
-    """Every command's domain error becomes `error: …` on stderr and exit code 1."""
+    """Every command's error becomes one line `error: …` on stderr: exit code 2 for
+    malformed input (ours or click's), 1 for a domain error met while working."""
 
     def invoke(self, ctx):
+        # typer carries its own copy of click: its usage errors are these classes.
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
         try:
             return super().invoke(ctx)
         except TfnasError as err:
             typer.echo(f"error: {err}", err=True)
-            ctx.exit(1)
+            ctx.exit(exit_code(err))
+        except UsageError as err:
+            if isinstance(err, NoArgsIsHelpError):  # `tfnas score` alone: its help
+                raise
+            where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+            typer.echo(f"error: {where}{' '.join(err.format_message().split())}", err=True)
+            ctx.exit(2)
 
 
 app = typer.Typer(
@@ -404,7 +421,7 @@ def main() -> None:
         app()
     except TfnasError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(err))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
