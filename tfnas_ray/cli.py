@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from tfnas_ray.errors import InputError, TfnasError
+from tfnas_ray.errors import InputError, TfnasError, checking_input
 
 
 def exit_code(err: TfnasError) -> int:
@@ -94,17 +94,18 @@ def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per
     """The ScoreConfig of the shared scoring options (`more`: further ScoreConfig fields)."""
     from tfnas_ray.distributed.scoring import ScoreConfig
 
-    return ScoreConfig(
-        metrics=tuple(_metric_names(metric) or ()),
-        seed=seed,
-        seeding=seeding,
-        shard_size=shard_size,
-        workers=workers,
-        device=device,
-        actors_per_gpu=actors_per_gpu,
-        wait_for_gpus=wait_for_gpus,
-        **more,
-    )
+    with checking_input():
+        return ScoreConfig(
+            metrics=tuple(_metric_names(metric) or ()),
+            seed=seed,
+            seeding=seeding,
+            shard_size=shard_size,
+            workers=workers,
+            device=device,
+            actors_per_gpu=actors_per_gpu,
+            wait_for_gpus=wait_for_gpus,
+            **more,
+        )
 
 
 @app.command()
@@ -180,19 +181,26 @@ def correlate(
     out: Annotated[str, typer.Option(help="correlations table to write (.parquet; a path or a URL)")] = "correlations.parquet",
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    plan: Annotated[Optional[str], typer.Option(help="a directory holding several scoring plans: the plan id (or a prefix) to read; default the newest")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
-    against every target, signed."""
+    against every target, signed. A directory of shards is read one scoring plan at a
+    time, never averaged over plans."""
     from tfnas_ray import tables
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
     from tfnas_ray.pipeline import directions
+    from tfnas_ray.plans import read_scores
+    from tfnas_ray.storage import locate
 
-    table = correlate_tables(
-        tables.read_table("scores", scores),
-        tables.read_table("truth", truth),
-        config=CorrelationConfig(resamples=resamples, seed=seed),
-        directions=directions(),
-    )
+    with checking_input():  # everything is input until the table is written
+        locate(out)
+        config = CorrelationConfig(resamples=resamples, seed=seed)
+        table = correlate_tables(
+            read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)),
+            tables.read_table("truth", truth),
+            config=config,
+            directions=directions(),
+        )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))
     typer.echo(f"wrote {out}")
@@ -396,7 +404,9 @@ def train(
     (val_loss@BUDGET, train_loss@BUDGET). Rerun the same command to resume."""
     from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_table
 
-    options = TuneOptions(scheduler=scheduler.value, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, storage=storage, verbose=1)
+    with checking_input():
+        options = TuneOptions(scheduler=scheduler.value, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, storage=storage, verbose=1)
+        budget = budget_from_options(epochs=epochs, steps=steps, tokens=tokens)
     overrides = {
         "iterations": iterations,
         "corpus": corpus.value if corpus is not None else None,
@@ -407,7 +417,6 @@ def train(
         "valid_tokens": valid_tokens,
         "seed": seed,
     }
-    budget = budget_from_options(epochs=epochs, steps=steps, tokens=tokens)
     outcome = train_table(archs, out, budget=budget, overrides=overrides, options=options, address=address, log=typer.echo)
     for line in outcome.lines():
         typer.echo(line)

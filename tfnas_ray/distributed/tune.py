@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 
 from tfnas_ray import tables
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.errors import TfnasError, checking_input
 from tfnas_ray.lease import leased
 from tfnas_ray.storage import Location, locate
 from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
@@ -459,6 +459,15 @@ def trials_use_gpus(options: TuneOptions, gpus_now: float) -> bool:
     return gpus_now > 0
 
 
+def _train_config(space: str, *, gpus: bool, fields: Mapping[str, Any]):
+    """The space's training config: its GPU or CPU defaults, then `fields`."""
+    if space == "nb-bert":
+        from tfnas_ray.training.mlm import default_mlm_config
+
+        return default_mlm_config(gpus=gpus, **fields)
+    return default_train_config(gpus=gpus, **fields)
+
+
 def train_table(
     archs_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -477,19 +486,20 @@ def train_table(
     """
     from tfnas_ray.distributed.cluster import cluster_gpus, connect
 
-    archs = tables.read_table("archs", archs_path)
-    items = _arch_items(archs)  # check before starting Ray
+    with checking_input():  # every check before Ray starts or a file is written
+        locate(out_dir)
+        if options.storage is not None:
+            locate(options.storage)
+        archs = tables.read_table("archs", archs_path)
+        items = _arch_items(archs)
+        fields = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if budget is not None:
+            fields["budget"] = budget
+        _train_config(items[0]["space"], gpus=False, fields=fields)  # the fields make a valid config
     connect(address)
     has_gpus = trials_use_gpus(options, cluster_gpus())
-    fields = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if budget is not None:
-        fields["budget"] = budget
-    if items[0]["space"] == "nb-bert":
-        from tfnas_ray.training.mlm import default_mlm_config
-
-        train = default_mlm_config(gpus=has_gpus, **fields)
-    else:
-        train = default_train_config(gpus=has_gpus, **fields)
+    train = _train_config(items[0]["space"], gpus=has_gpus, fields=fields)
+    if items[0]["space"] != "nb-bert":
         defaults = GPU_DEFAULTS if has_gpus else CPU_DEFAULTS
         used = [k for k in defaults if k not in fields]
         if used:
