@@ -258,6 +258,14 @@ _ADDRESS_HELP = (
     "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, then http://127.0.0.1:8265)."
 )
 
+AllowInsecureToken = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure-token",
+        help="Send the cluster's auth token over plain http to a host that is not loopback (readable on the way).",
+    ),
+]
+
 
 @app.command()
 def submit(
@@ -275,35 +283,43 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Stream the job's output until it ends; exit 1 unless it succeeded.")
     ] = False,
+    include: Annotated[
+        Optional[list[str]], typer.Option(help="Also ship untracked files matching this glob (repeat); secrets never ship.")
+    ] = None,
+    allow_insecure_token: AllowInsecureToken = False,
 ) -> None:
     """Run a tfnas command on a Ray cluster as a Ray job.
 
-    Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
+    Ships the git-tracked files of --working-dir (plus --include), never .env, keys or
+    credentials. Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
     """
     from tfnas_ray.distributed import jobs
 
     url = jobs.resolve_address(address)
-    job_id = jobs.submit_job(command, address=url, working_dir=working_dir)
+    insecure = {"allow_insecure_token": True} if allow_insecure_token else {}
+    job_id = jobs.submit_job(
+        command, address=url, working_dir=working_dir, include=include or (), log=lambda line: typer.echo(line, err=True), **insecure
+    )
     typer.echo(f"submitted {job_id} to {url}")
     if not wait:
         typer.echo(f"follow it with: tfnas logs {job_id} --address {url} --follow")
         return
-    for chunk in jobs.job_logs(url, job_id, follow=True):
+    for chunk in jobs.job_logs(url, job_id, follow=True, **insecure):
         typer.echo(chunk, nl=False)
-    info = jobs.wait_for_job(job_id, address=url)
+    info = jobs.wait_for_job(job_id, address=url, **insecure)
     if info.status != "SUCCEEDED":
         fail(f"job {job_id} on {url} ended {info.status}: {info.reason}")
     typer.echo(f"job {job_id} {info.status}")
 
 
 @app.command()
-def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None) -> None:
+def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None, allow_insecure_token: AllowInsecureToken = False) -> None:
     """List the jobs of a Ray cluster, oldest first."""
     import datetime
 
     from tfnas_ray.distributed import jobs as cluster_jobs
 
-    infos = cluster_jobs.list_jobs(address)
+    infos = cluster_jobs.list_jobs(address, allow_insecure_token=allow_insecure_token)
     if not infos:
         typer.echo(f"no jobs on {cluster_jobs.resolve_address(address)}")
         return
@@ -322,11 +338,12 @@ def logs(
     job: Annotated[str, typer.Argument(help="Job id that `tfnas submit` printed (raysubmit_...).", show_default=False)],
     address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the job ends.")] = False,
+    allow_insecure_token: AllowInsecureToken = False,
 ) -> None:
     """Print a Ray job's output."""
     from tfnas_ray.distributed import jobs
 
-    for chunk in jobs.job_logs(address, job, follow=follow):
+    for chunk in jobs.job_logs(address, job, follow=follow, allow_insecure_token=allow_insecure_token):
         typer.echo(chunk, nl=False)
 
 
