@@ -158,13 +158,27 @@ class Lease:
                 self._log(f"warning: cannot renew the lease of {self.directory.url}: {err}")
 
 
+# Leases this process holds, by (directory URL, thread): a command that takes the lease
+# before starting Ray and then calls a function that takes it again (score_table ->
+# run_scoring) holds it once; another thread, like another process, is refused.
+_HELD: dict[tuple[str, int], Lease] = {}
+
+
 @contextlib.contextmanager
 def hold(directory: str | os.PathLike | Location, *, log: Callable[[str], None] = print) -> Iterator[Lease]:
-    """Hold the lease of `directory` for the block (see `Lease`)."""
-    lease = Lease(locate(directory), log=log).acquire()
+    """Hold the lease of `directory` for the block (see `Lease`); re-entrant within
+    one thread."""
+    where = locate(directory)
+    key = (where.child(LEASE_NAME).url, threading.get_ident())
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    lease = Lease(where, log=log).acquire()
+    _HELD[key] = lease
     try:
         yield lease
     finally:
+        del _HELD[key]
         lease.release()
 
 

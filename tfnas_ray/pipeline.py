@@ -17,6 +17,7 @@ from tfnas_ray import tables
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
 from tfnas_ray.errors import TfnasError, checking_input
+from tfnas_ray.lease import hold
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location, locate
@@ -55,8 +56,9 @@ def score_table(
     from tfnas_ray.distributed.cluster import connect
 
     archs = check_score_inputs(archs_path, out_dir, config)
-    connect(address)
-    return run_scoring(archs, out_dir, config, progress=progress, log=log)
+    with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
+        connect(address)
+        return run_scoring(archs, out_dir, config, progress=progress, log=log)
 
 
 def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike, config: ScoreConfig) -> pa.Table:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from tfnas_ray import tables
 from tfnas_ray.errors import TfnasError, checking_input
-from tfnas_ray.lease import leased
+from tfnas_ray.lease import hold, leased
 from tfnas_ray.storage import Location, locate
 from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
 
@@ -484,7 +484,7 @@ def train_table(
     for 3 epochs (nb-nlp); without, the shrunk CPU budget (`CPU_DEFAULTS`), stated in
     the log. `overrides` are config fields (None values ignored).
     """
-    from tfnas_ray.distributed.cluster import cluster_gpus, connect
+    from tfnas_ray.distributed.cluster import connect
 
     with checking_input():  # every check before Ray starts or a file is written
         locate(out_dir)
@@ -496,7 +496,15 @@ def train_table(
         if budget is not None:
             fields["budget"] = budget
         _train_config(items[0]["space"], gpus=False, fields=fields)  # the fields make a valid config
-    connect(address)
+    with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
+        connect(address)
+        return _train_with_defaults(archs, items, out_dir, fields=fields, options=options, address=address, log=log)
+
+
+def _train_with_defaults(archs, items, out_dir, *, fields, options: TuneOptions, address, log) -> TrainOutcome:
+    """Pick the defaults for the connected cluster and train."""
+    from tfnas_ray.distributed.cluster import cluster_gpus
+
     has_gpus = trials_use_gpus(options, cluster_gpus())
     train = _train_config(items[0]["space"], gpus=has_gpus, fields=fields)
     if items[0]["space"] != "nb-bert":
