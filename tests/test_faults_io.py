@@ -338,6 +338,17 @@ def test_lease_is_exclusive_and_released(tmp_path):
     lease.Lease(where, log=_quiet).acquire().release()  # free again
 
 
+def test_the_lease_of_a_killed_driver_on_this_host_is_free_at_once(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists: a driver killed with SIGKILL
+    record = _plant_lease(tmp_path, age_s=1)
+    record.update(host=socket.gethostname(), pid=dead.pid)
+    (tmp_path / lease.LEASE_NAME).write_text(json.dumps(record))
+    said = []
+    lease.Lease(locate(tmp_path), log=said.append).acquire().release()
+    assert said == [f"taking over the lease of {tmp_path} from a run on this host that no longer exists: alice@{socket.gethostname()} pid {dead.pid} (`tfnas score archs.parquet -m params`, started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(record['started']))})"]
+
+
 def test_train_refuses_an_out_in_use(ray_cluster, archs, tmp_path):
     from tfnas_ray.distributed.tune import train_architectures
     from tfnas_ray.training.lm import Budget, TrainConfig

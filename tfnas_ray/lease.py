@@ -6,7 +6,8 @@ when, and a heartbeat its holder renews every `HEARTBEAT_S` seconds from a backg
 thread. A second run on the same directory stops at once with a one-line error naming
 the holder, instead of duplicating the work and racing it for the same files. A lease
 whose heartbeat is older than `STALE_AFTER_S` belongs to a run that died (killed, lost
-its node); the next run takes it over and says so.
+its node); the next run takes it over and says so. A holder on the same host whose
+process is gone (a driver killed with SIGKILL) frees its lease at once.
 
 Taking a lease is exclusive on a local or shared file system (the file is created with
 O_EXCL, a stale one renamed away first, which only one taker can do). On an object
@@ -44,6 +45,20 @@ def _owner() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry
         return f"uid {os.getuid()}"
+
+
+def _holder_is_gone(record: dict[str, Any]) -> bool:
+    """Whether the lease's holder ran on this host and its process is gone (a driver
+    killed with SIGKILL): its lease is free at once, not after `STALE_AFTER_S`."""
+    if record.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(record.get("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return False  # alive under another user, or no usable pid: trust the heartbeat
+    return False
 
 
 class Lease:
@@ -99,13 +114,16 @@ class Lease:
         held = self.current()
         if held is not None:
             age = time.time() - float(held.get("heartbeat", 0))
-            if age < self._stale_after:
+            if _holder_is_gone(held):
+                self._log(f"taking over the lease of {self.directory.url} from a run on this host that no longer exists: {self.describe(held)}")
+            elif age < self._stale_after:
                 raise TfnasError(
                     f"{self.directory.url} is in use by another run: {self.describe(held)}, heartbeat {age:.0f} s ago; "
                     f"wait for it to finish (or stop it), or use another --out; a lease without a heartbeat for "
                     f"{self._stale_after:g} s is taken over"
                 )
-            self._log(f"taking over the lease of {self.directory.url} from a run that stopped renewing it {age:.0f} s ago: {self.describe(held)}")
+            else:
+                self._log(f"taking over the lease of {self.directory.url} from a run that stopped renewing it {age:.0f} s ago: {self.describe(held)}")
         self._write(exclusive=True, replacing=held is not None)
         if not self.directory.is_local:
             time.sleep(_SETTLE_S)  # no exclusive create: let a concurrent taker's write land
