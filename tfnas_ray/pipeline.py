@@ -160,9 +160,6 @@ def reproduce(
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
     """
-    from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
-    from tfnas_ray.distributed.cluster import connect
-
     with checking_input():  # every check before a file is written or Ray starts
         bench = get_benchmark(benchmark_name)
         out = check_output(out_dir)
@@ -180,6 +177,15 @@ def reproduce(
         plan_identity(config, [bench.space])
         check_batch_options([bench.space], config.batch_options)
         archs, truth = bench.load()
+    with hold(out, log=log):  # one run per output directory, taken before anything is written
+        return _reproduce_into(out, bench, archs, truth, config, limit=limit, address=address, resamples=resamples, train=train, progress=progress, log=log)
+
+
+def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, *, limit, address, resamples, train, progress, log) -> ReproduceResult:
+    """`reproduce` after its checks, holding the lease of `out`."""
+    from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
+    from tfnas_ray.distributed.cluster import connect
+
     if limit is not None:
         archs = archs.slice(0, limit)
         # The truth rows of exactly those benchmark entries (a cell trained twice has two).
