@@ -176,10 +176,10 @@ class Lease:
                 self._log(f"warning: cannot renew the lease of {self.directory.url}: {err}")
 
 
-# Leases this process holds, by (directory URL, thread): a command that takes the lease
+# Leases this process holds, by (file system, directory, thread): a command that takes the lease
 # before starting Ray and then calls a function that takes it again (score_table ->
 # run_scoring) holds it once; another thread, like another process, is refused.
-_HELD: dict[tuple[str, int], Lease] = {}
+_HELD: dict[tuple[str, str, int], Lease] = {}
 
 
 @contextlib.contextmanager
@@ -187,7 +187,7 @@ def hold(directory: str | os.PathLike | Location, *, log: Callable[[str], None] 
     """Hold the lease of `directory` for the block (see `Lease`); re-entrant within
     one thread."""
     where = locate(directory)
-    key = (where.child(LEASE_NAME).url, threading.get_ident())
+    key = (type(where.filesystem).__name__, where.path.rstrip("/"), threading.get_ident())
     if key in _HELD:
         yield _HELD[key]
         return

@@ -119,7 +119,10 @@ class Location:
                 with self.filesystem.open_output_stream(temporary) as stream:
                     write(stream)
                 # On S3/GCS a server-side copy and a delete; whole or not at all.
-                self.filesystem.move(temporary, self.path)
+                try:
+                    self.filesystem.move(temporary, self.path)
+                except pa.ArrowNotImplementedError:  # Azure without a hierarchical namespace
+                    self.filesystem.copy_file(temporary, self.path)
         except OSError as err:
             raise TfnasError(f"cannot write {self.url}: {_first_line(err)}") from None
         finally:
