@@ -296,7 +296,7 @@ def submit(
     from tfnas_ray.distributed import jobs
 
     url = jobs.resolve_address(address)
-    insecure = {"allow_insecure_token": True} if allow_insecure_token else {}
+    insecure = {"allow_insecure_token": allow_insecure_token}
     job_id = jobs.submit_job(
         command, address=url, working_dir=working_dir, include=include or (), log=lambda line: typer.echo(line, err=True), **insecure
     )
