@@ -439,3 +439,63 @@ def test_onprem_config_marks_what_the_user_fills_in():
     assert "available_node_types" not in config
     prepared = _validate_launcher_config(config)
     assert prepared["available_node_types"]["local.cluster.node"]["max_workers"] == len(provider["worker_ips"])
+
+
+# ---- pod security ---------------------------------------------------------------------------
+
+# The rayproject/ray images run as user `ray`: uid 1000, primary group `users` (100)
+# (`docker run rayproject/ray:2.60.0-py311-gpu id` prints uid=1000(ray) gid=100(users)).
+IMAGE_UID, IMAGE_GID = 1000, 100
+
+
+def pod_security_problems(manifest: dict) -> list[str]:
+    """What a RayCluster / RayJob manifest leaves open: every pod must run as the image's
+    non-root user under the RuntimeDefault seccomp profile, every container without
+    privilege escalation, and worker pods without a service-account token (only the
+    head's autoscaler talks to the Kubernetes API). [] when there is nothing."""
+    spec = manifest["spec"]["rayClusterSpec"] if manifest["kind"] == "RayJob" else manifest["spec"]
+    problems = []
+    for where, template in _pod_templates(spec):
+        pod = template.get("spec") or {}
+        context = pod.get("securityContext") or {}
+        if context.get("runAsNonRoot") is not True:
+            problems.append(f"{where}: securityContext.runAsNonRoot is not true")
+        if context.get("runAsUser") != IMAGE_UID or context.get("runAsGroup") != IMAGE_GID:
+            problems.append(f"{where}: runs as {context.get('runAsUser')}:{context.get('runAsGroup')}, not the image's {IMAGE_UID}:{IMAGE_GID}")
+        if (context.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: seccompProfile is not RuntimeDefault")
+        if where != "head" and pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        for container in pod.get("containers") or []:
+            if (container.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: container {container.get('name')!r} allows privilege escalation")
+    autoscaler = (spec.get("autoscalerOptions") or {}).get("securityContext") or {}
+    if spec.get("enableInTreeAutoscaling") and autoscaler.get("allowPrivilegeEscalation") is not False:
+        problems.append("autoscaler sidecar allows privilege escalation")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_pods_run_unprivileged_as_the_images_user(name):
+    assert pod_security_problems(_one(K8S / name)) == []
+
+
+def test_pod_security_check_finds_problems():
+    job = _one(K8S / "rayjob.yaml")
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    worker["automountServiceAccountToken"] = True
+    worker["securityContext"]["runAsUser"] = 0
+    worker["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    del job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["securityContext"]["seccompProfile"]
+    assert pod_security_problems(job) == [
+        "head: seccompProfile is not RuntimeDefault",
+        "worker group 'gpu': runs as 0:100, not the image's 1000:100",
+        "worker group 'gpu': automountServiceAccountToken is not false",
+        "worker group 'gpu': container 'ray-worker' allows privilege escalation",
+    ]
+
+
+def test_the_image_keeps_its_non_root_user():
+    # The manifests' runAsUser is the base image's `ray`; a `USER` line would change it.
+    users = re.findall(r"^USER\s+(\S+)", (K8S / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert users in ([], ["ray"]), users

@@ -108,7 +108,7 @@ def test_submit_passes_everything_after_double_dash_to_the_job(monkeypatch):
     """`--address auto` after `--` belongs to the job's command, not to `tfnas submit`."""
     calls = {}
 
-    def fake_submit(args, *, address, working_dir):
+    def fake_submit(args, *, address, working_dir, **more):
         calls.update(args=list(args), address=address, working_dir=working_dir)
         return "raysubmit_fake"
 

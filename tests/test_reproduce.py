@@ -34,7 +34,7 @@ def test_reproduce_writes_the_four_tables_and_prints_the_correlations(ray_cluste
 
 def test_reproduce_refuses_as_trained_outside_nb_bert(ray_cluster, tmp_path):
     result = CliRunner().invoke(app, ["reproduce", "nb-nlp-ptb", "--out", str(tmp_path), "--as-trained", "--limit", "2"])
-    assert result.exit_code == 1 and "--as-trained applies to nb-bert only" in result.output
+    assert result.exit_code == 2 and "--as-trained applies to nb-bert only" in result.output
 
 
 def test_reproduce_with_short_training_runs(ray_cluster, tmp_path):

@@ -228,7 +228,7 @@ def test_cli_rejects_malformed_input_files_in_one_line(tmp_path, content, messag
     else:
         path.write_bytes(content)
     result = CliRunner().invoke(app, ["score", str(path), "--metric", "hidden_cov", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # malformed input: a usage error
     assert message in result.output and result.output.count("\n") == 1
 
 
@@ -236,11 +236,11 @@ def test_cli_rejects_an_unknown_metric_and_a_bad_spec_before_work(tmp_path, arch
     path = tmp_path / "archs.parquet"
     tables.write_table("archs", archs, path)
     result = CliRunner().invoke(app, ["score", str(path), "--metric", "hiden_cov", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 1 and "unknown metric 'hiden_cov'" in result.output
+    assert result.exit_code == 2 and "unknown metric 'hiden_cov'" in result.output
     bad = archs.set_column(2, "spec", pa.array(['{"h_new_0": {"op": "linear", "input": ["x"]}}'] * archs.num_rows))
     tables.write_table("archs", bad, path)
     result = CliRunner().invoke(app, ["score", str(path), "--metric", "params", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 1 and "row 0" in result.output and "never uses 'h_prev_0'" in result.output
+    assert result.exit_code == 2 and "row 0" in result.output and "never uses 'h_prev_0'" in result.output
 
 
 def test_cli_rejects_a_share_of_a_gpu_no_scorer_fits_before_ray_starts(tmp_path, archs):

@@ -1,6 +1,8 @@
 """The `tfnas` command line: parse, call one library function, print.
 
-Domain errors (`TfnasError`) become one line on stderr and exit code 1.
+Errors become one line on stderr: malformed input, found before any work starts
+(`InputError`, and click's own usage errors), exits 2; a domain error met while
+working (`TfnasError`) exits 1.
 """
 
 from __future__ import annotations
@@ -14,18 +16,33 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.errors import InputError, TfnasError, checking_input
+
+
+def exit_code(err: TfnasError) -> int:
+    """2 for input rejected up front (a usage error), 1 for a domain error at work."""
+    return 2 if isinstance(err, InputError) else 1
 
 
 class _OneLineErrors(TyperGroup):
-    """Every command's domain error becomes `error: …` on stderr and exit code 1."""
+    """Every command's error becomes one line `error: …` on stderr: exit code 2 for
+    malformed input (ours or click's), 1 for a domain error met while working."""
 
     def invoke(self, ctx):
+        # typer carries its own copy of click: its usage errors are these classes.
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
         try:
             return super().invoke(ctx)
         except TfnasError as err:
             typer.echo(f"error: {err}", err=True)
-            ctx.exit(1)
+            ctx.exit(exit_code(err))
+        except UsageError as err:
+            if isinstance(err, NoArgsIsHelpError):  # `tfnas score` alone: its help
+                raise
+            where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+            typer.echo(f"error: {where}{' '.join(err.format_message().split())}", err=True)
+            ctx.exit(2)
 
 
 app = typer.Typer(
@@ -78,17 +95,18 @@ def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per
     """The ScoreConfig of the shared scoring options (`more`: further ScoreConfig fields)."""
     from tfnas_ray.distributed.scoring import ScoreConfig
 
-    return ScoreConfig(
-        metrics=tuple(_metric_names(metric) or ()),
-        seed=seed,
-        seeding=seeding,
-        shard_size=shard_size,
-        workers=workers,
-        device=device,
-        actors_per_gpu=actors_per_gpu,
-        wait_for_gpus=wait_for_gpus,
-        **more,
-    )
+    with checking_input():
+        return ScoreConfig(
+            metrics=tuple(_metric_names(metric) or ()),
+            seed=seed,
+            seeding=seeding,
+            shard_size=shard_size,
+            workers=workers,
+            device=device,
+            actors_per_gpu=actors_per_gpu,
+            wait_for_gpus=wait_for_gpus,
+            **more,
+        )
 
 
 @app.command()
@@ -167,19 +185,26 @@ def correlate(
     out: Annotated[str, typer.Option(help="correlations table to write (.parquet; a path or a URL)")] = "correlations.parquet",
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    plan: Annotated[Optional[str], typer.Option(help="a directory holding several scoring plans: the plan id (or a prefix) to read; default the newest")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
-    against every target, signed."""
+    against every target, signed. A directory of shards is read one scoring plan at a
+    time, never averaged over plans."""
     from tfnas_ray import tables
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
     from tfnas_ray.pipeline import directions
+    from tfnas_ray.plans import read_scores
+    from tfnas_ray.storage import locate
 
-    table = correlate_tables(
-        tables.read_table("scores", scores),
-        tables.read_table("truth", truth),
-        config=CorrelationConfig(resamples=resamples, seed=seed),
-        directions=directions(),
-    )
+    with checking_input():  # everything is input until the table is written
+        locate(out)
+        config = CorrelationConfig(resamples=resamples, seed=seed)
+        table = correlate_tables(
+            read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)),
+            tables.read_table("truth", truth),
+            config=config,
+            directions=directions(),
+        )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))
     typer.echo(f"wrote {out}")
@@ -303,6 +328,14 @@ _ADDRESS_HELP = (
     "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, then http://127.0.0.1:8265)."
 )
 
+AllowInsecureToken = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure-token",
+        help="Send the cluster's auth token over plain http to a host that is not loopback (readable on the way).",
+    ),
+]
+
 
 @app.command()
 def submit(
@@ -320,35 +353,43 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Stream the job's output until it ends; exit 1 unless it succeeded.")
     ] = False,
+    include: Annotated[
+        Optional[list[str]], typer.Option(help="Also ship untracked files matching this glob (repeat); secrets never ship.")
+    ] = None,
+    allow_insecure_token: AllowInsecureToken = False,
 ) -> None:
     """Run a tfnas command on a Ray cluster as a Ray job.
 
-    Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
+    Ships the git-tracked files of --working-dir (plus --include), never .env, keys or
+    credentials. Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
     """
     from tfnas_ray.distributed import jobs
 
     url = jobs.resolve_address(address)
-    job_id = jobs.submit_job(command, address=url, working_dir=working_dir)
+    insecure = {"allow_insecure_token": allow_insecure_token}
+    job_id = jobs.submit_job(
+        command, address=url, working_dir=working_dir, include=include or (), log=lambda line: typer.echo(line, err=True), **insecure
+    )
     typer.echo(f"submitted {job_id} to {url}")
     if not wait:
         typer.echo(f"follow it with: tfnas logs {job_id} --address {url} --follow")
         return
-    for chunk in jobs.job_logs(url, job_id, follow=True):
+    for chunk in jobs.job_logs(url, job_id, follow=True, **insecure):
         typer.echo(chunk, nl=False)
-    info = jobs.wait_for_job(job_id, address=url)
+    info = jobs.wait_for_job(job_id, address=url, **insecure)
     if info.status != "SUCCEEDED":
         fail(f"job {job_id} on {url} ended {info.status}: {info.reason}")
     typer.echo(f"job {job_id} {info.status}")
 
 
 @app.command()
-def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None) -> None:
+def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None, allow_insecure_token: AllowInsecureToken = False) -> None:
     """List the jobs of a Ray cluster, oldest first."""
     import datetime
 
     from tfnas_ray.distributed import jobs as cluster_jobs
 
-    infos = cluster_jobs.list_jobs(address)
+    infos = cluster_jobs.list_jobs(address, allow_insecure_token=allow_insecure_token)
     if not infos:
         typer.echo(f"no jobs on {cluster_jobs.resolve_address(address)}")
         return
@@ -367,11 +408,12 @@ def logs(
     job: Annotated[str, typer.Argument(help="Job id that `tfnas submit` printed (raysubmit_...).", show_default=False)],
     address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the job ends.")] = False,
+    allow_insecure_token: AllowInsecureToken = False,
 ) -> None:
     """Print a Ray job's output."""
     from tfnas_ray.distributed import jobs
 
-    for chunk in jobs.job_logs(address, job, follow=follow):
+    for chunk in jobs.job_logs(address, job, follow=follow, allow_insecure_token=allow_insecure_token):
         typer.echo(chunk, nl=False)
 
 
@@ -449,7 +491,9 @@ def train(
     (val_loss@BUDGET, train_loss@BUDGET). Rerun the same command to resume."""
     from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_table
 
-    options = TuneOptions(scheduler=scheduler.value, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, storage=storage, verbose=1)
+    with checking_input():
+        options = TuneOptions(scheduler=scheduler.value, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, storage=storage, verbose=1)
+        budget = budget_from_options(epochs=epochs, steps=steps, tokens=tokens)
     overrides = {
         "iterations": iterations,
         "corpus": corpus.value if corpus is not None else None,
@@ -460,7 +504,6 @@ def train(
         "valid_tokens": valid_tokens,
         "seed": seed,
     }
-    budget = budget_from_options(epochs=epochs, steps=steps, tokens=tokens)
     outcome = train_table(archs, out, budget=budget, overrides=overrides, options=options, address=address, log=typer.echo)
     for line in outcome.lines():
         typer.echo(line)
@@ -474,7 +517,7 @@ def main() -> None:
         app()
     except TfnasError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(err))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -14,10 +14,10 @@ from typing import Callable
 import pyarrow as pa
 
 from tfnas_ray import tables
-from tfnas_ray.analysis.correlation import CorrelationConfig, correlate, format_correlations
 from tfnas_ray.benchmarks import get_benchmark
-from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, run_scoring
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
+from tfnas_ray.errors import TfnasError, checking_input
+from tfnas_ray.lease import hold
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location, locate
@@ -46,15 +46,59 @@ def score_table(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ScoreSummary:
-    """Read an archs table, check its specs, and score it through Ray into `out_dir`."""
+    """Read an archs table, check it and the config, and score it through Ray into
+    `out_dir`.
+
+    Raises:
+        InputError: bad input, found before Ray starts or anything is written.
+        TfnasError: a problem met while scoring.
+    """
     from tfnas_ray.distributed.cluster import connect
 
-    archs = tables.read_table("archs", archs_path)
-    if archs.num_rows == 0:
-        raise TfnasError(f"archs table {str(archs_path)!r} has no rows")
-    check_specs(archs, what=str(archs_path))
-    connect(address)
-    return run_scoring(archs, out_dir, config, progress=progress, log=log)
+    archs = check_score_inputs(archs_path, out_dir, config)
+    with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
+        connect(address)
+        return run_scoring(archs, out_dir, config, progress=progress, log=log)
+
+
+def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike, config: ScoreConfig) -> pa.Table:
+    """Every check of a scoring run that needs no cluster, in order of cost: the
+    output location, the archs table and its specs, the metrics for its spaces, the
+    metric batch options. Returns the archs table.
+
+    Raises:
+        InputError: the first problem, in one line.
+    """
+    with checking_input():
+        check_output(out_dir)
+        archs = tables.read_table("archs", archs_path)
+        if archs.num_rows == 0:
+            raise TfnasError(f"archs table {str(archs_path)!r} has no rows")
+        check_specs(archs, what=str(archs_path))
+        spaces = sorted(set(archs.column("space").to_pylist()))
+        plan_identity(config, spaces)  # every metric known and defined for every space
+        check_batch_options(spaces, config.batch_options)
+    return archs
+
+
+def check_output(where: str | os.PathLike) -> Location:
+    """The location of an output directory: a known scheme, and not an existing file."""
+    import pyarrow.fs as pafs
+
+    out = locate(where)
+    if out.file_type() == pafs.FileType.File:
+        raise TfnasError(f"--out {out.url!r} is a file; it must be a directory (new or of an earlier run)")
+    return out
+
+
+def check_batch_options(spaces, options) -> None:
+    """Build each space's metric batch once with `options`: an unknown corpus, split or
+    option fails here, in one line, not in every scorer actor after Ray started."""
+    from tfnas_ray.metrics import BATCHES
+
+    load_metrics()
+    for space in spaces:
+        BATCHES.get(space)(dict(options))
 
 
 def check_specs(archs: pa.Table, *, what: str) -> None:
@@ -77,6 +121,8 @@ class ReproduceResult:
     short_runs: pa.Table | None = None  # with --train N: τ of short runs vs published, metrics vs short runs
 
     def report(self) -> str:
+        from tfnas_ray.analysis.correlation import format_correlations
+
         text = format_correlations(self.correlations)
         if self.short_runs is not None:
             from tfnas_ray.analysis.short_runs import format_short_run_report
@@ -114,14 +160,33 @@ def reproduce(
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
     """
+    with checking_input():  # every check before a file is written or Ray starts
+        bench = get_benchmark(benchmark_name)
+        out = check_output(out_dir)
+        if limit is not None and limit < 1:
+            raise TfnasError(f"--limit must be >= 1, got {limit}")
+        if as_trained and bench.space != "nb-bert":
+            raise TfnasError(f"--as-trained applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
+        if train < 0:
+            raise TfnasError(f"--train must be >= 0, got {train}")
+        config = dataclasses.replace(
+            config,
+            metrics=tuple(config.metrics or bench.default_metrics),
+            model_options={**config.model_options, **({"as_trained": True} if as_trained else {})},
+        )
+        plan_identity(config, [bench.space])
+        check_batch_options([bench.space], config.batch_options)
+        archs, truth = bench.load()
+    with hold(out, log=log):  # one run per output directory, taken before anything is written
+        return _reproduce_into(out, bench, archs, truth, config, limit=limit, address=address, resamples=resamples, train=train, progress=progress, log=log)
+
+
+def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, *, limit, address, resamples, train, progress, log) -> ReproduceResult:
+    """`reproduce` after its checks, holding the lease of `out`."""
+    from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
     from tfnas_ray.distributed.cluster import connect
 
-    bench = get_benchmark(benchmark_name)
-    out = locate(out_dir)
-    archs, truth = bench.load()
     if limit is not None:
-        if limit < 1:
-            raise TfnasError(f"--limit must be >= 1, got {limit}")
         archs = archs.slice(0, limit)
         # The truth rows of exactly those benchmark entries (a cell trained twice has two).
         keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
@@ -129,15 +194,6 @@ def reproduce(
         truth = truth.filter(pa.array([pair in keep for pair in pairs]))
     tables.write_table("archs", archs, out.child("archs.parquet"))
     tables.write_table("truth", truth, out.child("truth.parquet"))
-    config = dataclasses.replace(
-        config,
-        metrics=tuple(config.metrics or bench.default_metrics),
-        model_options={**config.model_options, **({"as_trained": True} if as_trained else {})},
-    )
-    if as_trained and bench.space != "nb-bert":
-        raise TfnasError(f"--as-trained applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
-    if train < 0:
-        raise TfnasError(f"--train must be >= 0, got {train}")
     connect(address)
     summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]

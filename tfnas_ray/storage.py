@@ -6,9 +6,14 @@ filesystems (credentials and endpoints from the usual environment variables, e.g
 AWS_ENDPOINT_URL for an S3-compatible store); any other scheme goes through fsspec if
 a package for it is installed.
 
-Writes are atomic either way: on an object store an object appears whole or not at
-all, so it is written in place; on a filesystem it is written to a hidden temporary
-name and renamed.
+Writes are atomic everywhere: a file is written to a hidden temporary name in the same
+directory and published under its real name only once it is whole. On a local disk the
+temporary file is fsync'ed, renamed over the target and the directory fsync'ed, so a
+crash leaves the old file or the new one. On an object store the temporary key matters
+too: an upload stream interrupted by an exception or Ctrl-C is completed by its close,
+with whatever was written so far; that partial object lands on the temporary key, which
+is deleted, and the real key is never touched. Temporaries of a killed writer are
+hidden (readers skip names that start with a dot) and `clean_temporaries` removes them.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import pyarrow.fs as pafs
 
 from tfnas_ray.errors import TfnasError
 
-# Filesystems whose object writes are atomic (a multipart upload becomes visible only
-# when it completes); no temporary name and rename, which an object store would copy.
+# Object stores: the same place from every node (given credentials there); they have
+# no directories to create before writing.
 _OBJECT_STORES = tuple(
     getattr(pafs, name) for name in ("S3FileSystem", "GcsFileSystem", "AzureFileSystem") if hasattr(pafs, name)
 )
+
+
+TEMPORARY_SUFFIX = ".tmp"  # `.<name>.<uuid>.tmp`: a write in progress, or one that died
 
 
 @dataclass(frozen=True)
@@ -99,22 +107,62 @@ class Location:
             raise TfnasError(f"cannot read {self.url}: {_first_line(err)}") from None
 
     def write_atomic(self, write: Callable[[pa.NativeFile], None]) -> None:
-        """Call `write(stream)` so that readers see either the old file or the whole new one."""
-        if self.is_object_store:
-            target = self.path
-        else:
-            self.parent.make_dirs()
-            target = f"{self.parent.path}/.{self.name}.{uuid.uuid4().hex}.tmp"
+        """Call `write(stream)` so that readers see either the old file or the whole
+        new one, whatever stops the write (an exception, Ctrl-C, a killed process)."""
+        temporary = f"{self.parent.path}/.{self.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}"
         try:
-            with self.filesystem.open_output_stream(target) as stream:
-                write(stream)
-            if target != self.path:
-                self.filesystem.move(target, self.path)
+            if self.is_local:
+                self._write_local(temporary, write)
+            else:
+                if not self.is_object_store:
+                    self.parent.make_dirs()
+                with self.filesystem.open_output_stream(temporary) as stream:
+                    write(stream)
+                # On S3/GCS a server-side copy and a delete; whole or not at all.
+                try:
+                    self.filesystem.move(temporary, self.path)
+                except pa.ArrowNotImplementedError:  # Azure without a hierarchical namespace
+                    self.filesystem.copy_file(temporary, self.path)
         except OSError as err:
             raise TfnasError(f"cannot write {self.url}: {_first_line(err)}") from None
         finally:
-            if target != self.path and self.filesystem.get_file_info(target).type != pafs.FileType.NotFound:
-                self.filesystem.delete_file(target)
+            self.discard(temporary)
+
+    def _write_local(self, temporary: str, write: Callable[[pa.NativeFile], None]) -> None:
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, exist_ok=True)
+        with open(temporary, "xb") as handle:
+            with pa.PythonFile(handle, mode="w") as stream:
+                write(stream)
+                handle.flush()
+                os.fsync(handle.fileno())  # the bytes are on disk before the name is
+        os.replace(temporary, self.path)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # … and the rename too
+        finally:
+            os.close(descriptor)
+
+    def discard(self, path: str) -> None:
+        """Delete `path` if it exists (a temporary left by a failed write)."""
+        try:
+            if self.filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+                self.filesystem.delete_file(path)
+        except OSError:
+            pass  # best effort while another error propagates; `clean_temporaries` retries
+
+    def clean_temporaries(self) -> int:
+        """Delete the temporaries that killed writers left in this directory (call it
+        only while holding the directory's lease: a live writer's temporary looks the
+        same). Returns how many were deleted."""
+        try:
+            infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except OSError as err:
+            raise TfnasError(f"cannot list {self.url}: {_first_line(err)}") from None
+        stale = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(".") and i.base_name.endswith(TEMPORARY_SUFFIX)]
+        for path in stale:
+            self.discard(path)
+        return len(stale)
 
     def write_bytes(self, data: bytes) -> None:
         self.write_atomic(lambda stream: stream.write(data))

@@ -17,18 +17,31 @@ client sends the token only when the *client* process has `RAY_AUTH_MODE=token` 
 so a plain `JobSubmissionClient` cannot talk to such a cluster. Here the token is
 looked up the way Ray's nodes look it up (`RAY_AUTH_TOKEN`, then the file named by
 `RAY_AUTH_TOKEN_PATH`, then `~/.ray/auth_token`) and sent whenever one exists, unless
-`RAY_AUTH_MODE=disabled`. Sending a token to a cluster without authentication is
-harmless: it ignores the header.
+`RAY_AUTH_MODE=disabled`. The token grants control of the cluster, so it is sent only
+where nobody else can read it: to an https:// address, or over plain http to a
+loopback address (the machine itself, an SSH tunnel, `kubectl port-forward`). Sending
+it in clear text to another host needs `allow_insecure_token=True`
+(`--allow-insecure-token`), a decision the user takes knowingly.
+
+What a job ships. `submit_job` uploads the git-tracked files of the working directory
+(plus the files an explicit `include` names), never untracked files, and never a file
+that looks like a secret (`.env`, keys, credentials: `SECRET_PATTERNS`), even a
+tracked one: a stray `.env` or `id_rsa` in a checkout must not reach a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import ipaddress
 import os
 import shlex
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,23 +57,40 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Ray's own `ray job` CLI reads these, in this order, for the dashboard address.
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
-# What never belongs in a job's upload. Ray also honours .gitignore / .rayignore, but a
-# checkout without one (or a working directory that is not a checkout) must not upload
-# a multi-GB virtualenv: Ray refuses packages over 512 MiB after zipping them all.
-# Patterns are gitignore-style, relative to the working directory; a leading "/"
-# anchors them at its top, so a package subfolder named e.g. `build` is kept.
-DEFAULT_EXCLUDES: tuple[str, ...] = (
-    ".venv",
-    "venv",
+# Files that are never shipped with a job, tracked or not (fnmatch patterns on every part
+# of the path): environment files, private keys and keystores, credential stores.
+SECRET_PATTERNS: tuple[str, ...] = (
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+    "credentials",
+    "credentials.json",
+    "*credentials*.json",
+    "service-account*.json",
+    "auth_token",
+    "kubeconfig",
+    ".aws",
+    ".ssh",
+    ".gnupg",
+    ".kube",
+    ".docker",
     ".git",
-    "__pycache__",
-    "*.pyc",
-    "*.egg-info",
-    ".pytest_cache",
-    "/runs",
-    "/out",
-    "/build",
-    "/dist",
 )
 
 # Ray's JobStatus values after which a job never changes again.
@@ -159,7 +189,9 @@ def submit_job(
     *,
     address: str | None = None,
     working_dir: str | os.PathLike[str] = ".",
-    excludes: Sequence[str] = DEFAULT_EXCLUDES,
+    include: Sequence[str] = (),
+    allow_insecure_token: bool = False,
+    log: Callable[[str], None] = lambda line: None,
 ) -> str:
     """Run `tfnas <entrypoint_args>` on the cluster as a Ray job; return at once.
 
@@ -168,9 +200,13 @@ def submit_job(
             ["score", "archs.parquet", "--metric", "params", "--out", "/results/s"];
             each item is shell-quoted, so spaces and quotes arrive unchanged.
         address: the dashboard URL (see `resolve_address`).
-        working_dir: directory uploaded with the job; the command runs inside it and
-            imports its code first. Must exist.
-        excludes: gitignore-style patterns left out of the upload.
+        working_dir: a git checkout whose tracked files are uploaded with the job (see
+            `shipped_files`); the command runs inside them and imports their code first.
+        include: glob patterns (relative to `working_dir`) of untracked files to ship
+            too, e.g. ["archs.parquet"]; secrets are left out even then.
+        allow_insecure_token: send the cluster token over plain http to a host that is
+            not loopback (see the module docstring).
+        log: receives a line naming the secret-looking files left out, if any.
 
     Returns:
         The job's submission id, which `job_logs`, `wait_for_job` and `tfnas logs`
@@ -178,8 +214,9 @@ def submit_job(
 
     Raises:
         TfnasError: empty or `tfnas`-prefixed arguments, a missing working
-            directory, an unreachable dashboard, a refused token, or the cluster
-            rejecting the job.
+            directory or one that is not a git checkout, an unreachable dashboard,
+            a token that would travel in clear text, a refused token, or the
+            cluster rejecting the job.
 
     Example:
         >>> job = submit_job(["--help"], address="http://127.0.0.1:8265")  # doctest: +SKIP
@@ -203,16 +240,67 @@ def submit_job(
             f"working_dir={str(working_dir)!r} is not a directory: give the checkout "
             "to upload with the job (default: the current directory)"
         )
-    runtime_env = {"working_dir": str(directory.resolve()), "excludes": list(excludes)}
+    files, secrets = shipped_files(directory, include)
+    if secrets:
+        log(f"not shipping {len(secrets)} file(s) that look like secrets: {', '.join(secrets[:5])}{' …' if len(secrets) > 5 else ''}")
     url = resolve_address(address)
-    with _job_client(url) as client:
-        return client.submit_job(
-            entrypoint=shlex.join(["tfnas", *args]),
-            runtime_env=runtime_env,
+    with tempfile.TemporaryDirectory(prefix="tfnas-job-") as staging:
+        # Ray zips and uploads `working_dir` inside submit_job, so a copy of exactly
+        # the shipped files needs to live only until it returns.
+        for relative in files:
+            target = Path(staging, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(directory / relative, target)
+        with _job_client(url, allow_insecure_token=allow_insecure_token) as client:
+            return client.submit_job(
+                entrypoint=shlex.join(["tfnas", *args]),
+                runtime_env={"working_dir": staging},
+            )
+
+
+def shipped_files(directory: str | os.PathLike[str], include: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """What `submit_job` uploads from `directory`: its git-tracked files and the files
+    matching `include`, minus anything matching `SECRET_PATTERNS`.
+
+    Returns:
+        (shipped, left out as secrets): paths relative to `directory`, sorted.
+
+    Raises:
+        TfnasError: `directory` is not inside a git checkout and `include` is empty.
+
+    Example:
+        >>> shipped, secrets = shipped_files(".")   # doctest: +SKIP
+        >>> "pyproject.toml" in shipped, ".env" in shipped   # doctest: +SKIP
+        (True, False)
+    """
+    directory = Path(directory)
+    tracked: set[str] = set()
+    try:
+        listing = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--", "."],
+            cwd=directory, capture_output=True, check=True, timeout=60,
         )
+        tracked = {p for p in listing.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
+    except (OSError, subprocess.SubprocessError):
+        if not include:
+            raise TfnasError(
+                f"working_dir={str(directory)!r} is not a git checkout: a job ships git-tracked files only; "
+                "name the files to ship with --include PATTERN"
+            ) from None
+    chosen = {p for p in tracked if (directory / p).is_file()}  # a tracked file deleted since is not shipped
+    for pattern in include:
+        for match in directory.glob(pattern):
+            paths = [match] if match.is_file() else [p for p in match.rglob("*") if p.is_file()]
+            chosen.update(p.relative_to(directory).as_posix() for p in paths)
+    secrets = sorted(p for p in chosen if _looks_secret(p))
+    return sorted(chosen - set(secrets)), secrets
 
 
-def list_jobs(address: str | None = None) -> list[JobInfo]:
+def _looks_secret(relative: str) -> bool:
+    return any(fnmatch.fnmatch(part, pattern) for part in relative.split("/") for pattern in SECRET_PATTERNS)
+
+
+def list_jobs(address: str | None = None, *, allow_insecure_token: bool = False) -> list[JobInfo]:
     """Every job the cluster knows, oldest first (jobs not yet started last).
 
     Arguments:
@@ -225,13 +313,13 @@ def list_jobs(address: str | None = None) -> list[JobInfo]:
         TfnasError: the dashboard cannot be reached or refuses the token.
     """
     url = resolve_address(address)
-    with _job_client(url) as client:
+    with _job_client(url, allow_insecure_token=allow_insecure_token) as client:
         details = client.list_jobs()
     jobs = [JobInfo.from_details(d) for d in details]
     return sorted(jobs, key=lambda job: (job.start_time is None, job.start_time or 0.0))
 
 
-def job_logs(address: str | None, job_id: str, follow: bool = False) -> Iterator[str]:
+def job_logs(address: str | None, job_id: str, follow: bool = False, *, allow_insecure_token: bool = False) -> Iterator[str]:
     """The job's stdout and stderr, as chunks of text.
 
     Arguments:
@@ -248,7 +336,7 @@ def job_logs(address: str | None, job_id: str, follow: bool = False) -> Iterator
         TfnasError: no such job, or the dashboard cannot be reached.
     """
     url = resolve_address(address)
-    with _job_client(url, job_id=job_id) as client:
+    with _job_client(url, job_id=job_id, allow_insecure_token=allow_insecure_token) as client:
         # Ask for the job first: the log endpoints answer an unknown id with an empty
         # log (and the websocket with a bare handshake error), not with a 404.
         client.get_job_info(job_id)
@@ -264,6 +352,7 @@ def wait_for_job(
     address: str | None = None,
     timeout_s: float | None = None,
     poll_s: float = 1.0,
+    allow_insecure_token: bool = False,
 ) -> JobInfo:
     """Block until the job has finished, however it ended.
 
@@ -288,7 +377,7 @@ def wait_for_job(
         raise TfnasError(f"timeout_s={timeout_s!r} must be > 0 seconds or None")
     url = resolve_address(address)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with _job_client(url, job_id=job_id) as client:
+    with _job_client(url, job_id=job_id, allow_insecure_token=allow_insecure_token) as client:
         while True:
             info = JobInfo.from_details(client.get_job_info(job_id))
             if info.is_terminal:
@@ -305,12 +394,27 @@ def wait_for_job(
 # ---- internals -----------------------------------------------------------------------
 
 
-def _auth_headers() -> dict[str, str]:
+def token_may_travel(url: str) -> bool:
+    """Whether a token sent to `url` stays private: https, or a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _auth_headers(url: str, *, allow_insecure_token: bool = False) -> dict[str, str]:
     """The `authorization` header for a token-protected cluster ({} without a token).
 
     Raises:
-        TfnasError: RAY_AUTH_MODE=token but no token exists, or RAY_AUTH_TOKEN_PATH
-            names a file that cannot be read.
+        TfnasError: RAY_AUTH_MODE=token but no token exists, RAY_AUTH_TOKEN_PATH
+            names a file that cannot be read, or the token would go in clear text to
+            a host that is not loopback without `allow_insecure_token`.
     """
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
     if mode == "disabled":
@@ -332,6 +436,11 @@ def _auth_headers() -> dict[str, str]:
             "point RAY_AUTH_TOKEN_PATH at a file holding it, or write it to "
             "~/.ray/auth_token"
         )
+    if headers and not allow_insecure_token and not token_may_travel(url):
+        raise TfnasError(
+            f"refusing to send the Ray auth token in clear text to {url}: use https://, a loopback address "
+            "(an SSH tunnel or `kubectl port-forward` to 127.0.0.1), or pass --allow-insecure-token"
+        )
     return dict(headers)
 
 
@@ -346,7 +455,7 @@ def _without_env(names: Sequence[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _job_client(url: str, *, job_id: str | None = None) -> Iterator[JobSubmissionClient]:
+def _job_client(url: str, *, job_id: str | None = None, allow_insecure_token: bool = False) -> Iterator[JobSubmissionClient]:
     """A connected `JobSubmissionClient`; Ray's errors inside the block become
     one-line `TfnasError`s naming the address (and the job, where there is one).
     """
@@ -360,7 +469,7 @@ def _job_client(url: str, *, job_id: str | None = None) -> Iterator[JobSubmissio
         # address; `url` has already been resolved from them, so hide them while it
         # connects. (Not thread-safe, like any os.environ edit.)
         with _without_env(ADDRESS_ENV_VARS):
-            client = JobSubmissionClient(url, headers=_auth_headers())
+            client = JobSubmissionClient(url, headers=_auth_headers(url, allow_insecure_token=allow_insecure_token))
         yield client
     except AuthenticationError as err:
         reason = err.message.splitlines()[0]

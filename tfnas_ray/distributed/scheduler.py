@@ -339,7 +339,7 @@ class Scheduler:
         reason = f"worker died {self.attempts[key]} times scoring this architecture alone ({cause})"
         if cause == "CUDA out of memory":
             reason = f"CUDA out of memory {self.attempts[key]} times scoring this architecture alone"
-        self._record(work.shard, work.positions, failed_rows(arch_id, self._metrics, reason, self._config))
+        self._record(work.shard, work.positions, failed_rows(arch_id, work.shard.spaces[position], self._metrics, reason, self._config))
 
     def _record(self, shard, positions: tuple[int, ...], rows: list[dict]) -> None:
         by_arch = collections.defaultdict(list)
@@ -395,11 +395,16 @@ def failure_reason(error: str) -> str:
     return "".join("N" if ch.isdigit() else ch for ch in text)[:120]
 
 
-def failed_rows(arch_id: str, metrics, reason: str, config) -> list[dict]:
-    import tfnas_ray
+def failed_rows(arch_id: str, space: str, metrics, reason: str, config) -> list[dict]:
+    """Rows recording that no metric could be computed for `arch_id`; each row's version
+    is its metric's implementation version, like a computed value's."""
+    from tfnas_ray.metrics import get_metric, score_version
 
     seed = arch_seed(arch_id, config.seed, config.seeding)
     return [
-        {"arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None, "seed": seed, "device": None, "version": tfnas_ray.__version__}
+        {
+            "arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None,
+            "seed": seed, "device": None, "version": score_version(get_metric(m).impl(space)),
+        }
         for m in metrics
     ]

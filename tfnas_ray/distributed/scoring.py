@@ -28,13 +28,14 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tfnas_ray import tables
+from tfnas_ray import plans, tables
 from tfnas_ray.distributed import drills
 from tfnas_ray.distributed.progress import Progress
 from tfnas_ray.distributed.scheduler import Scheduler, Work
 from tfnas_ray.distributed.scorer import scorer_class
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.metrics.scoring import SEEDINGS, validate_metrics
+from tfnas_ray.lease import leased
+from tfnas_ray.metrics.scoring import SEEDINGS, metric_versions, validate_metrics
 from tfnas_ray.storage import Location, locate
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -79,6 +80,9 @@ class ScoreConfig:
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
+        # `-m params -m params` scores params once: a duplicate would double the rows of
+        # every shard, and a rerun would then find every shard corrupt.
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))
         if self.seeding not in SEEDINGS:
             raise TfnasError(f"seeding {self.seeding!r} is not one of {', '.join(SEEDINGS)}")
         if self.shard_size < 1:
@@ -168,6 +172,26 @@ class ScoringInterrupted(TfnasError):
     """The driver was interrupted; finished shards are saved."""
 
 
+def plan_identity(config: ScoreConfig, spaces) -> dict[str, Any]:
+    """What a shard's values depend on besides its architectures: the metrics and the
+    version of each one's implementation in `spaces`, the seed and seeding, the batch
+    and model options. It names the shards and is recorded in the plan's manifest.
+
+    Raises:
+        TfnasError: an unknown metric, or one not defined for a space.
+    """
+    for space in sorted(spaces):
+        validate_metrics(space, config.metrics)
+    return {
+        "metrics": list(config.metrics),
+        "seed": config.seed,
+        "seeding": config.seeding,
+        "batch": dict(sorted(config.batch_options.items())),
+        "model": dict(sorted(config.model_options.items())),
+        "versions": metric_versions(sorted(spaces), config.metrics),
+    }
+
+
 def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
     """Cut the (deduplicated) architectures into shards and name each by its identity."""
     archs = tables.conform("archs", archs, what="archs table")
@@ -176,18 +200,7 @@ def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
         archs.column("arch_id").to_pylist(), archs.column("space").to_pylist(), archs.column("spec").to_pylist()
     ):
         seen.setdefault(arch_id, (space, spec))  # the same architecture is scored once
-    for space in sorted({space for space, _ in seen.values()}):
-        validate_metrics(space, config.metrics)
-    identity = json.dumps(
-        {
-            "metrics": list(config.metrics),
-            "seed": config.seed,
-            "seeding": config.seeding,
-            "batch": dict(sorted(config.batch_options.items())),
-            "model": dict(sorted(config.model_options.items())),
-        },
-        sort_keys=True,
-    )
+    identity = json.dumps(plan_identity(config, {space for space, _ in seen.values()}), sort_keys=True)
     items = list(seen.items())
     shards = []
     for start in range(0, len(items), config.shard_size):
@@ -238,7 +251,11 @@ _CHECK_THREADS = 16
 def resume_state(out: Location, shards: Sequence[Shard], metrics: Sequence[str], *, log=print, threads: int = _CHECK_THREADS) -> ResumeState:
     """Which planned shards a rerun can skip: one listing of `out`, then every planned
     shard found there read and checked. A corrupt one is reported and moved aside (to
-    a hidden name, which readers skip) so that it is recomputed."""
+    a hidden name, which readers skip) so that it is recomputed. Temporaries of writes
+    that a killed run left behind are deleted first."""
+    cleaned = out.clean_temporaries()  # of writers killed mid-write (this run holds the lease)
+    if cleaned:
+        log(f"removed {cleaned} temporary file(s) that an interrupted run left in {out.url}")
     existing = {f.name: f for f in out.files(".parquet") if f.name.startswith("shard-")}  # one listing, also on S3
     planned = {s.filename for s in shards}
     found = [s for s in shards if s.filename in existing]
@@ -304,6 +321,7 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
     return _Pool(kind, count, resources, patient=kind == "gpu" and waiting)
 
 
+@leased("out_dir")  # one driver per output directory
 def run_scoring(
     archs: pa.Table,
     out_dir: str | os.PathLike,
@@ -320,12 +338,14 @@ def run_scoring(
     Raises:
         TfnasError: an unknown metric, a metric not defined for a space, no GPUs for
             `--device gpu`.
+        TfnasError: another run holds the lease of `out_dir` (see `tfnas_ray.lease`).
         ScoringInterrupted: on Ctrl-C, after saying how much was saved.
     """
     out = locate(out_dir)
     out.make_dirs()
     started = time.perf_counter()
     shards = plan_shards(archs, config)
+    plans.write_manifest(out, plan_identity(config, set(archs.column("space").to_pylist())), [s.filename for s in shards])
     metrics = list(config.metrics)
     summary = ScoreSummary(archs=sum(len(s.arch_ids) for s in shards), shards_total=len(shards))
     resume = resume_state(out, shards, metrics, log=log)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 
 from tfnas_ray import tables
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.errors import TfnasError, checking_input
+from tfnas_ray.lease import hold, leased
 from tfnas_ray.storage import Location, locate
 from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
 
@@ -119,6 +121,25 @@ def _make_trainer(space: str, spec: str, train: Mapping[str, Any], device: str):
     raise TfnasError(f"no training loop for space {space!r}; known: nb-nlp, nb-bert")
 
 
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
+    """A trainer's state saved by `train_trial`, read with `weights_only=True`: tensors,
+    numbers, strings and containers only. The experiment storage is shared (a bucket, a
+    volume); a full unpickle would run whatever code a planted checkpoint names.
+
+    Raises:
+        TfnasError: the file holds anything else (one line, naming the file).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TfnasError(f"checkpoint {os.fspath(path)!r} is not a plain trainer state (refused by weights_only=True): {reason}") from None
+
+
 def train_trial(config: dict[str, Any], *, specs: Mapping[str, str]) -> None:
     """Tune function trainable: train `config["arch_id"]`, reporting every iteration.
 
@@ -142,7 +163,7 @@ def train_trial(config: dict[str, Any], *, specs: Mapping[str, str]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+            state = load_checkpoint(Path(directory) / CHECKPOINT_FILE, device)
         trainer.load_state_dict(state)
         restored_from = trainer.iteration
     while not trainer.finished:
@@ -206,6 +227,9 @@ class TrainOutcome:
         return out
 
 
+_ARCH_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def _arch_items(archs: pa.Table) -> list[dict[str, Any]]:
     """Rows of the archs table, checked: one space, unique ids, valid specs."""
     from tfnas_ray.spaces import get_space
@@ -218,6 +242,13 @@ def _arch_items(archs: pa.Table) -> list[dict[str, Any]]:
         raise TfnasError(f"archs table mixes spaces {', '.join(spaces)}; train one space per run")
     seen: set[str] = set()
     for row in rows:
+        # The id names the trial's directory and its checkpoints: no path separators,
+        # no dot-names, nothing a file system or Tune treats specially.
+        if not isinstance(row["arch_id"], str) or not _ARCH_ID.fullmatch(row["arch_id"]):
+            raise TfnasError(
+                f"archs table: arch_id {row['arch_id']!r} cannot name a trial; "
+                "allowed: 1-128 letters, digits, '_', '-' or '.', not starting with '.' or '-'"
+            )
         if row["arch_id"] in seen:
             raise TfnasError(f"archs table lists arch_id {row['arch_id']} twice; ids must be unique")
         seen.add(row["arch_id"])
@@ -248,6 +279,7 @@ def _check_manifest(out_dir: Location, manifest: dict[str, Any], experiment: str
 _LOST_CHECKPOINT = "does not exist on storage anymore"
 
 
+@leased("out_dir")  # one driver per output directory: two would share one Tune experiment
 def train_architectures(
     archs: pa.Table,
     out_dir: str | os.PathLike,
@@ -271,7 +303,8 @@ def train_architectures(
         The outcome; its `truth` has two rows per architecture (val_loss@…, train_loss@…).
 
     Raises:
-        TfnasError: bad archs, a config that differs from the experiment being resumed.
+        TfnasError: bad archs, a config that differs from the experiment being resumed,
+            another run holding the lease of `out_dir`.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -426,6 +459,15 @@ def trials_use_gpus(options: TuneOptions, gpus_now: float) -> bool:
     return gpus_now > 0
 
 
+def _train_config(space: str, *, gpus: bool, fields: Mapping[str, Any]):
+    """The space's training config: its GPU or CPU defaults, then `fields`."""
+    if space == "nb-bert":
+        from tfnas_ray.training.mlm import default_mlm_config
+
+        return default_mlm_config(gpus=gpus, **fields)
+    return default_train_config(gpus=gpus, **fields)
+
+
 def train_table(
     archs_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -442,21 +484,30 @@ def train_table(
     for 3 epochs (nb-nlp); without, the shrunk CPU budget (`CPU_DEFAULTS`), stated in
     the log. `overrides` are config fields (None values ignored).
     """
-    from tfnas_ray.distributed.cluster import cluster_gpus, connect
+    from tfnas_ray.distributed.cluster import connect
 
-    archs = tables.read_table("archs", archs_path)
-    items = _arch_items(archs)  # check before starting Ray
-    connect(address)
+    with checking_input():  # every check before Ray starts or a file is written
+        locate(out_dir)
+        if options.storage is not None:
+            locate(options.storage)
+        archs = tables.read_table("archs", archs_path)
+        items = _arch_items(archs)
+        fields = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if budget is not None:
+            fields["budget"] = budget
+        _train_config(items[0]["space"], gpus=False, fields=fields)  # the fields make a valid config
+    with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
+        connect(address)
+        return _train_with_defaults(archs, items, out_dir, fields=fields, options=options, address=address, log=log)
+
+
+def _train_with_defaults(archs, items, out_dir, *, fields, options: TuneOptions, address, log) -> TrainOutcome:
+    """Pick the defaults for the connected cluster and train."""
+    from tfnas_ray.distributed.cluster import cluster_gpus
+
     has_gpus = trials_use_gpus(options, cluster_gpus())
-    fields = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if budget is not None:
-        fields["budget"] = budget
-    if items[0]["space"] == "nb-bert":
-        from tfnas_ray.training.mlm import default_mlm_config
-
-        train = default_mlm_config(gpus=has_gpus, **fields)
-    else:
-        train = default_train_config(gpus=has_gpus, **fields)
+    train = _train_config(items[0]["space"], gpus=has_gpus, fields=fields)
+    if items[0]["space"] != "nb-bert":
         defaults = GPU_DEFAULTS if has_gpus else CPU_DEFAULTS
         used = [k for k in defaults if k not in fields]
         if used:

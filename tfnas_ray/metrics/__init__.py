@@ -42,6 +42,10 @@ class MetricImpl:
     fn: Callable[["MetricContext"], float]
     needs: tuple[str, ...]  # names of the passes it reads (shared between metrics)
     cost: str  # what it runs, for `tfnas metrics`: "forward", "forward+backward", …
+    # Bumped whenever a change makes this implementation give other values: it enters
+    # the identity of score shards (so a rerun recomputes the old values instead of
+    # keeping them) and the scores table's `version` column.
+    version: int = 1
 
 
 @dataclass
@@ -92,12 +96,17 @@ def register_metric(
     summary: str,
     needs: Sequence[str] = (),
     cost: str = "",
+    version: int = 1,
 ) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
     """Register `fn(ctx) -> float` as the implementation of metric `name` for `space`.
 
     The first registration of a name fixes its direction and summary; a later one for
     another space must declare the same direction. (name, space) may be registered once.
+    `version` (an integer from 1) must be bumped by a change that alters the values, so
+    that scores computed by the old code are recomputed, never reused.
     """
+    if not isinstance(version, int) or version < 1:
+        raise TfnasError(f"metric {name!r} for space {space!r}: version must be an integer >= 1, got {version!r}")
 
     def decorator(fn: Callable[["MetricContext"], float]) -> Callable[["MetricContext"], float]:
         if name in METRICS:
@@ -112,10 +121,18 @@ def register_metric(
             METRICS.add(name, metric)
         if space in metric.impls:
             raise TfnasError(f"metric {name!r} is already registered for space {space!r}")
-        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost)
+        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost, version=version)
         return fn
 
     return decorator
+
+
+def score_version(impl: MetricImpl) -> str:
+    """The scores table's `version` of values computed by `impl`: the package version
+    and the implementation's version, e.g. "0.1.0+m2"."""
+    import tfnas_ray
+
+    return f"{tfnas_ray.__version__}+m{impl.version}"
 
 
 def register_pass(space: str, name: str) -> Callable[[Callable], Callable]:

@@ -14,9 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-import tfnas_ray
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.metrics import MetricContext, MetricFailure, check_finite, load_metrics
+from tfnas_ray.metrics import MetricContext, MetricFailure, check_finite, load_metrics, score_version
 
 SEEDINGS = ("derived", "fixed")
 
@@ -53,6 +52,17 @@ def validate_metrics(space: str, metrics: Sequence[str]) -> list[str]:
     return unique
 
 
+def metric_versions(spaces: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, int]]:
+    """{metric: {space: implementation version}} of `metrics` in `spaces`: what enters
+    a shard's identity, so that fixing a metric makes a rerun recompute its values.
+
+    Raises:
+        TfnasError: an unknown metric, or one not defined for a space.
+    """
+    registry = load_metrics()
+    return {name: {space: registry.get(name).impl(space).version for space in sorted(set(spaces))} for name in metrics}
+
+
 def score_architecture(
     *,
     arch_id: str,
@@ -75,8 +85,9 @@ def score_architecture(
     for name in metrics:
         started = time.perf_counter()
         value, error = None, None
+        impl = registry.get(name).impl(space)
         try:
-            value = check_finite(registry.get(name).impl(space).fn(ctx), name)
+            value = check_finite(impl.fn(ctx), name)
         except MetricFailure as failure:
             error = str(failure)
         except TfnasError:
@@ -93,7 +104,7 @@ def score_architecture(
                 "seconds": time.perf_counter() - started,
                 "seed": seed,
                 "device": str(device),
-                "version": tfnas_ray.__version__,
+                "version": score_version(impl),
             }
         )
     return rows

@@ -340,7 +340,7 @@ class MLMTrainer:
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "order": self._order,
+            "order": torch.from_numpy(self._order),  # a tensor: checkpoints load with weights_only=True
             "position": self._position,
             "steps": self.steps,
             "tokens": self.tokens,
@@ -358,7 +358,7 @@ class MLMTrainer:
             raise TfnasError(f"checkpoint config {state['config']} differs from this run's {self.config.to_dict()}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._order = state["order"]
+        self._order = np.asarray(state["order"])
         self._position = state["position"]
         self.steps = state["steps"]
         self.tokens = state["tokens"]

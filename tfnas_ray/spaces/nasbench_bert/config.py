@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Mapping
 
+from tfnas_ray.checks import load_spec_json
 from tfnas_ray.errors import TfnasError
 
 # operation_type -> allowed operation_parameter values (search_space.json); the types
@@ -155,10 +156,7 @@ class NasBertConfig:
         if isinstance(spec, NasBertConfig):
             return spec
         if isinstance(spec, (str, bytes)):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as err:
-                raise TfnasError(f"nb-bert spec is not valid JSON: {err}") from None
+            spec = load_spec_json(spec, what="nb-bert spec")
         if not isinstance(spec, Mapping):
             raise TfnasError(f"nb-bert spec must be a JSON object, got {type(spec).__name__}")
         if "nas_config" in spec:  # the benchmark's form: model_hparam_overrides

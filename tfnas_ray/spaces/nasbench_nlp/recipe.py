@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from tfnas_ray.checks import load_spec_json
 from tfnas_ray.errors import TfnasError
 
 ARITY: Mapping[str, tuple[int, int | None]] = {  # op -> (min inputs, max inputs or None)
@@ -81,10 +82,7 @@ class Recipe:
 
 def _load(spec: Any) -> dict:
     if isinstance(spec, (bytes, str)):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as err:
-            raise TfnasError(f"recipe is not valid JSON: {err}") from None
+        spec = load_spec_json(spec, what="recipe")
     if not isinstance(spec, Mapping):
         raise TfnasError(f"recipe must be a JSON object of nodes, got {type(spec).__name__}")
     if not spec:

@@ -1,0 +1,125 @@
+"""Which shards of a scores directory belong together: one manifest per scoring plan.
+
+A scoring run writes `plan-<id>.json` into its output directory before it scores: the
+plan's identity (metrics, seed, seeding, metric batch and model options, each metric's
+implementation version) and the names of its shard files. A directory may hold the
+shards of several plans (a rerun with another seed, corpus or shard size into the same
+`--out`); readers take the shards of one plan only, never an average over plans:
+
+    read_scores("runs/x/scores")                # the newest plan, saying which and what else is there
+    read_scores("runs/x/scores", plan="3fa2…")  # a chosen one
+
+A directory without any manifest (written before manifests existed, or by hand) is
+read whole, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from tfnas_ray import tables
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.storage import Location, locate
+
+PREFIX = "plan-"
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One scoring plan of a directory, as its manifest describes it."""
+
+    plan_id: str
+    identity: Mapping[str, Any]  # metrics, seed, seeding, batch, model, versions
+    shards: tuple[str, ...]  # shard file names, in plan order
+    created: float  # seconds since the epoch when the run that wrote it started
+
+    def describe(self) -> str:
+        ident = self.identity
+        batch = ", ".join(f"{k}={v}" for k, v in sorted((ident.get("batch") or {}).items())) or "default batch"
+        return (
+            f"plan {self.plan_id} (metrics {','.join(ident.get('metrics', []))}; seed {ident.get('seed')} "
+            f"{ident.get('seeding')}; {batch}; {len(self.shards)} shards)"
+        )
+
+
+def plan_id(identity: Mapping[str, Any], shard_names: Sequence[str]) -> str:
+    text = json.dumps({"identity": identity, "shards": list(shard_names)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_manifest(out: Location, identity: Mapping[str, Any], shard_names: Sequence[str]) -> Plan:
+    """Record the plan in `out` (once: a rerun of the same plan finds it there)."""
+    plan = Plan(plan_id(identity, shard_names), dict(identity), tuple(shard_names), time.time())
+    where = out.child(f"{PREFIX}{plan.plan_id}{SUFFIX}")
+    if not where.exists():
+        body = {"plan": plan.plan_id, "identity": plan.identity, "shards": list(plan.shards), "created": plan.created}
+        where.write_bytes(json.dumps(body, indent=1, sort_keys=True).encode())
+    return plan
+
+
+def plans_in(directory: Location) -> list[Plan]:
+    """Every plan whose manifest is in `directory`, oldest first."""
+    found = []
+    for file in directory.files(SUFFIX):
+        if not file.name.startswith(PREFIX):
+            continue
+        try:
+            body = json.loads(file.read_bytes())
+            found.append(Plan(str(body["plan"]), body["identity"], tuple(body["shards"]), float(body["created"])))
+        except (ValueError, KeyError, TypeError) as err:
+            raise TfnasError(f"{file.url} is not a plan manifest ({type(err).__name__}: {err})".splitlines()[0]) from None
+    return sorted(found, key=lambda p: (p.created, p.plan_id))
+
+
+def read_scores(path: str | os.PathLike | Location, *, plan: str | None = None, log: Callable[[str], None] = print) -> pa.Table:
+    """The scores table at `path`: a Parquet file, or a directory of shards of which
+    only one plan's are read (`plan`, a plan id or a unique prefix of one; default the
+    newest), saying so in `log` when the directory holds others.
+
+    Raises:
+        TfnasError: what `tables.read_table` raises; an unknown `plan`; none of the
+            chosen plan's shards present.
+    """
+    where = locate(path)
+    if where.file_type() != pafs.FileType.Directory:
+        if plan is not None:
+            raise TfnasError(f"--plan {plan!r} applies to a directory of shards; {where.url} is a file")
+        return tables.read_table("scores", where)
+    plans = plans_in(where)
+    if not plans:
+        if plan is not None:
+            raise TfnasError(f"--plan {plan!r}: {where.url} holds no plan manifest ({PREFIX}*{SUFFIX})")
+        return tables.read_table("scores", where)
+    if plan is None:
+        chosen = plans[-1]
+    else:
+        matches = [p for p in plans if p.plan_id.startswith(plan)]
+        if len(matches) != 1:
+            known = ", ".join(p.plan_id for p in plans)
+            raise TfnasError(f"--plan {plan!r} {'matches no' if not matches else 'matches several'} plan of {where.url}; its plans: {known}")
+        chosen = matches[0]
+    present = {f.name for f in where.files(".parquet")}
+    files = [where.child(name) for name in chosen.shards if name in present]
+    if not files:
+        raise TfnasError(f"{where.url}: none of the {len(chosen.shards)} shards of {chosen.describe()} is there yet")
+    others = [p for p in plans if p is not chosen]
+    strays = present - {name for p in plans for name in p.shards}
+    if others or strays or len(files) < len(chosen.shards):
+        notes = [f"{where.url}: reading only {chosen.describe()}"]
+        if len(files) < len(chosen.shards):
+            notes.append(f"{len(chosen.shards) - len(files)} of its shards are missing (an unfinished run)")
+        if others:
+            notes.append(f"ignoring {len(others)} other plan(s): " + "; ".join(p.describe() for p in others) + " (choose one with --plan ID)")
+        if strays:
+            notes.append(f"ignoring {len(strays)} Parquet file(s) of no plan")
+        log("note: " + "; ".join(notes))
+    return tables.read_tables("scores", files)
