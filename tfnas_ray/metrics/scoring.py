@@ -76,7 +76,7 @@ def score_architecture(
         started = time.perf_counter()
         value, error = None, None
         try:
-            value = check_finite(registry.get(name).impl(space).fn(ctx), name)
+            value = check_finite(registry.get(name).impl(space).fn_for(ctx.protocol)(ctx), name)
         except MetricFailure as failure:
             error = str(failure)
         except TfnasError:
@@ -94,6 +94,7 @@ def score_architecture(
                 "seed": seed,
                 "device": str(device),
                 "version": tfnas_ray.__version__,
+                "protocol": getattr(batch, "protocol", None),  # null: the space has one protocol
             }
         )
     return rows
