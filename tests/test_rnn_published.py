@@ -171,3 +171,19 @@ def test_reproduce_with_the_published_protocol_says_which_columns_are_computed_a
     assert {(r["metric"], r["protocol"]) for r in scores} == {("hidden_cov", "published"), ("params", "published")}
     assert "protocol published: 0 column(s) computed as the authors' published table was" in result.output
     assert "  hidden_cov: released computation (its values are the published ones)" in result.output
+
+
+def test_the_protocol_report_names_the_columns_each_protocol_changes():
+    from tfnas_ray.pipeline import protocol_report
+
+    released = protocol_report(COLUMNS + ["params"], "nb-nlp", "released")
+    assert released == (
+        "protocol released (the authors' released code): 5 column(s) differ from their published table "
+        "(activation_distance, synaptic_saliency, jacob_cov, jacobian_noise, hidden_saliency); "
+        "--protocol published computes them as published"
+    )
+    published = protocol_report(COLUMNS + ["params"], "nb-nlp", "published").splitlines()
+    assert published[0] == "protocol published: 5 column(s) computed as the authors' published table was, not as their released code:"
+    assert "  jacobian_more_noise: released computation; the published table rounds its values ≥ 1e11 to 3 significant digits" in published
+    assert not any(line.startswith("  params") for line in published)  # one computation only
+    assert protocol_report(["params"], "nb-nlp", "published") == ""
