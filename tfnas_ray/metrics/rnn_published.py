@@ -65,34 +65,47 @@ PASS_COLUMNS = frozenset(
 
 
 class _JacobianPassRecorder:
-    """Collects h_prev_0 per (layer, step), retaining its gradient, and the activation
-    codes of the pass into K."""
+    """Collects h_prev_0 per (layer, step) as the authors' cell saw it, and the
+    activation codes of the pass into K.
+
+    Their cell returned h_new_0 as a view (`calculated_nodes["h_new_0"][0]`) and the
+    next step retained the gradient of that view, not of h_new_0 itself: a node of the
+    same step that reads h_new_0 (e.g. h_new_1 = linear(x, …, h_new_0)) sends its
+    gradient to h_new_0 but not to the view. So each entering state is recorded as an
+    alias whose gradient holds the uses of this step; the layer's output, which their
+    code also took from the view, adds its own gradient (`hidden_saliency`).
+    """
 
     def __init__(self, batch_size: int, device: torch.device):
         self.kernel = torch.zeros(batch_size, batch_size, dtype=torch.float64, device=device)
-        self.states: list[tuple[int, torch.Tensor]] = []
+        self.states: list[tuple[int, int, torch.Tensor]] = []
 
     def hidden(self, layer: int, step: int, h: torch.Tensor) -> torch.Tensor:
-        if h.requires_grad:
-            h.retain_grad()
-        else:  # the zero initial state: a leaf, so that it receives a gradient
-            h = h.detach().requires_grad_()
-        self.states.append((layer, h))
-        return h
+        # The zero initial state becomes a leaf; later states an alias (see above).
+        entering = h.view_as(h) if h.requires_grad else h.detach().requires_grad_()
+        entering.retain_grad()
+        self.states.append((layer, step, entering))
+        return entering
 
     def activation(self, layer: int, step: int, node: str, output: torch.Tensor) -> None:
         hamming_kernel_update(self.kernel, output)
 
     def layer_states(self, layer: int) -> np.ndarray:
         """(B, H, T) stack of one layer's (0-based) states, float64."""
-        states = [h.detach() for l, h in self.states if l == layer]
+        states = [h.detach() for l, _, h in self.states if l == layer]
         return torch.stack(states, dim=-1).double().cpu().numpy()
 
-    def hidden_saliency(self) -> float:
+    def hidden_saliency(self, output_grads: list[torch.Tensor | None]) -> float:
+        """Σ |h ⊙ ∂h| with ∂h the view's gradient: this step's uses plus the layer
+        output's (`output_grads[layer]`, (T, B, H), the output of step t−1 is h_t)."""
         total = 0.0
-        for _, h in self.states:
-            if h.grad is not None:
-                total += float((h.detach() * h.grad).abs().sum())
+        for layer, step, h in self.states:
+            grad = h.grad
+            out = output_grads[layer]
+            if step > 0 and out is not None:
+                grad = out[step - 1] if grad is None else grad + out[step - 1]
+            if grad is not None:
+                total += float((h.detach() * grad).abs().sum())
         return total
 
 
@@ -126,17 +139,26 @@ def synaptic_saliency_of(model: torch.nn.Module) -> float:
     return total
 
 
+def jacobian_pass(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, _JacobianPassRecorder, float]:
+    """Forward, backward of Σy: the embedding output (its .grad = J), the recorder,
+    and the hidden saliency of the pass."""
+    recorder = _JacobianPassRecorder(tokens.shape[1], tokens.device)
+    embedded = model.embed(tokens)
+    embedded.retain_grad()
+    y, _, raw_outputs, _ = model.forward_embedded(embedded, recorder=recorder, return_h=True)
+    for raw in raw_outputs:
+        raw.retain_grad()
+    y.backward(torch.ones_like(y))
+    return embedded, recorder, recorder.hidden_saliency([raw.grad for raw in raw_outputs])
+
+
 @register_pass(SPACE, "published")
 def published_pass(ctx: MetricContext) -> PublishedPass:
     """The Jacobian pass (forward, backward of Σy) read for every column, then the
     three noise passes for the Jacobian-noise columns."""
     model = ctx.model().eval()
     tokens = ctx.batch.tokens.to(ctx.device)
-    recorder = _JacobianPassRecorder(tokens.shape[1], ctx.device)
-    embedded = model.embed(tokens)
-    embedded.retain_grad()
-    y, _ = model.forward_embedded(embedded, recorder=recorder)
-    y.backward(torch.ones_like(y))
+    embedded, recorder, hidden_saliency = jacobian_pass(model, tokens)
     # Read before the noise passes add their gradients to the weights.
     synaptic = synaptic_saliency_of(model)
     clean = embedded.detach().cpu().numpy()
@@ -158,7 +180,7 @@ def published_pass(ctx: MetricContext) -> PublishedPass:
         noisy_jacobians=noisy_jacobians,
         kernel=recorder.kernel.cpu().numpy(),
         synaptic_saliency=synaptic,
-        hidden_saliency=recorder.hidden_saliency(),
+        hidden_saliency=hidden_saliency,
     )
 
 
