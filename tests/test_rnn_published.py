@@ -33,17 +33,18 @@ COLUMNS = [
 # Columns the released code computes otherwise than the published table.
 DIFFERING = {"activation_distance", "synaptic_saliency", "jacob_cov", "jacobian_noise", "hidden_saliency"}
 # Relative tolerance per column. float32 columns: the published values came from a GPU,
-# ours from a CPU (another summation order); the largest difference measured on the 25
-# architectures is ≤ 1.4e-6 (docs/rnn_published.md), so 1e-5 as the reference file
-# expects for replicated float32 computations. jacob_cov (published) is float64 from the
+# ours from a CPU (another summation order); on SUBSET every column agrees to ≤ 1e-6
+# (docs/rnn_published.md), so 1e-5 as the reference file expects for replicated float32
+# computations. jacob_cov (published) is float64 from the
 # embedding alone: measured ≤ 1e-10. The products of four scores compound four errors.
 TOLERANCE = {column: 1e-5 for column in COLUMNS} | {"jacob_cov": 1e-9, "jacobian_more_noise": 5e-5, "jacobian_more_noise_cosine": 5e-5}
 # The published table writes values ≥ 1e11 in scientific notation with 3 significant
 # digits (e.g. 4.46E+21): compare those after rounding ours the same way.
 ROUNDED_ABOVE = 1e11
-# The architecture checked under both protocols: among the 25, one of the cheapest cells
-# (7,493,200 parameters: the fewest linear weights).
-SUBSET = "1004535"
+# The architecture checked under both protocols: among the 25, a cheap cell (5 nodes) in
+# which another node reads h_new_0 — the case where the published hidden saliency takes
+# the gradient of the authors' h_new_0 view (rnn_published._JacobianPassRecorder).
+SUBSET = "1006131"
 
 
 def _agrees(column: str, ours: float, published: float) -> bool:
