@@ -11,6 +11,7 @@ hypothesis is scored against the published values (max / median relative differe
 Kendall τ).
 
     PYTHONPATH=$PWD python bench/rnn_published_research.py [--archs N] [--refresh] [--summary]
+    PYTHONPATH=$PWD python bench/rnn_published_research.py --roundoff 1006504
 
 Not part of the test run; the product implements only what this finds
 (tfnas_ray/metrics/rnn_published.py).
@@ -327,13 +328,41 @@ def summary(pub: dict, data: dict, recipes: dict) -> None:
         print(f"| {column} | " + " | ".join(cells) + " |")
 
 
+def roundoff(rid: str, recipes: dict, pub: dict) -> None:
+    """The published computation of one architecture in float32 and in float64 (CPU):
+    how much of the difference to the published (GPU float32) value is round-off."""
+    from tfnas_ray.metrics.rnn_published import jacobian_pass, synaptic_saliency_of
+
+    batch = BATCHES.get("nb-nlp")({})
+    for dtype in (torch.float32, torch.float64):
+        model = MetricContext("nb-nlp", json.dumps(recipes[rid]), seed=0, batch=batch).model().eval().to(dtype)
+        embedded, _, hidden = jacobian_pass(model, batch.tokens)
+        synaptic = synaptic_saliency_of(model)
+        clean = embedded.detach().numpy().astype(np.float32)
+        variance = np.var(clean, axis=1, keepdims=True)
+        noise = np.random.RandomState(0).normal(size=clean.shape)
+        inputs = torch.tensor((clean + 10.0 * variance * noise).astype(np.float32)).to(dtype).requires_grad_()
+        out, _ = model.forward_embedded(inputs)
+        out.backward(torch.ones_like(out))
+        s0 = jacobian_covariance_score(embedded.grad.detach().numpy())
+        s10 = jacobian_covariance_score(inputs.grad.numpy())
+        print(f"{dtype}: synaptic {synaptic:.10g} (published {pub[rid]['synaptic_saliency']}), "
+              f"jacobian_noise {abs(s0 - s10) - 1:.8g} (published {pub[rid]['jacobian_noise']}; S0 {s0:.8g}, S10 {s10:.8g}), "
+              f"hidden {hidden:.10g} (published {pub[rid]['hidden_saliency']})")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--archs", type=int, default=25)
     parser.add_argument("--refresh", action="store_true")
     parser.add_argument("--summary", action="store_true", help="only the per-column table of both protocols")
+    parser.add_argument("--roundoff", metavar="RECEPIE_ID", help="float32 vs float64 of one architecture's published computation")
     args = parser.parse_args()
     pub, data = load_all(args.archs, args.refresh)
+    if args.roundoff:
+        recipes = {str(json.loads(l)["recepie_id"]): json.loads(l)["recepie"] for l in (SHARED / "ptb_subset.jsonl").read_text().splitlines()}
+        roundoff(args.roundoff, recipes, json.loads((SHARED / "published_values_sample.json").read_text())["values"])
+        return
     if args.summary:
         recipes = {str(json.loads(l)["recepie_id"]): json.loads(l)["recepie"] for l in (SHARED / "ptb_subset.jsonl").read_text().splitlines()}
         summary(pub, data, recipes)
