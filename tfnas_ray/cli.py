@@ -89,6 +89,13 @@ WaitForGpus = Annotated[
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
 Progress = Annotated[bool, typer.Option(help="show progress on stderr (a bar on a terminal, a line every 30 s in logs)")]
 RetryFailed = Annotated[bool, typer.Option(help="rescore the architectures that an earlier run recorded as failed")]
+Protocol = Annotated[
+    str,
+    typer.Option(
+        help="nb-nlp paper columns: released (as the authors' released code computes them) | "
+        "published (as the computation behind their published table, where it differs)"
+    ),
+]
 
 
 def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
@@ -126,6 +133,9 @@ def metrics() -> None:
     for name, metric in load_metrics().items():
         for space, impl in metric.impls.items():
             typer.echo(f"{name:28s} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.summary}")
+            for protocol, variant in impl.variants.items():
+                if variant.differs:
+                    typer.echo(f"{'':28s} {space:8s} --protocol {protocol}: {variant.summary}")
 
 
 @app.command()
@@ -157,15 +167,16 @@ def score(
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
+    protocol: Protocol = "released",
     address: Address = None,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.pipeline import score_table
+    from tfnas_ray.pipeline import protocol_options, score_table
 
-    batch_options = {} if corpus == "ptb" else {"corpus": corpus}
+    batch_options = ({} if corpus == "ptb" else {"corpus": corpus}) | protocol_options(protocol)
     config = _score_config(
         metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options, retry_failed=retry_failed
     )
@@ -227,6 +238,7 @@ def reproduce(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
+    protocol: Protocol = "released",
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
@@ -234,13 +246,17 @@ def reproduce(
     correlate, print."""
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.pipeline import protocol_options
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
     try:
         result = reproduce_benchmark(
             benchmark,
             out,
-            _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, retry_failed=retry_failed),
+            _score_config(
+                metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+                batch_options=protocol_options(protocol), retry_failed=retry_failed,
+            ),
             limit=limit,
             address=address,
             resamples=resamples,

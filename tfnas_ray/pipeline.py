@@ -37,6 +37,54 @@ def directions() -> dict[str, str]:
     return {name: metric.direction.value for name, metric in load_metrics().items()}
 
 
+def protocol_options(protocol: str) -> dict[str, str]:
+    """The batch options that select `protocol` (none for the default, so that released
+    runs keep their shard identity)."""
+    from tfnas_ray.metrics import PROTOCOLS, RELEASED
+
+    if protocol not in PROTOCOLS:
+        raise TfnasError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    return {} if protocol == RELEASED else {"protocol": protocol}
+
+
+def check_protocol(config: ScoreConfig, spaces) -> None:
+    """A non-default protocol applies only to spaces with metrics computed under it."""
+    protocol = config.batch_options.get("protocol")
+    if protocol is None:
+        return
+    supported = {space for _, m in load_metrics().items() for space, impl in m.impls.items() if protocol in impl.variants}
+    for space in sorted(set(spaces) - supported):
+        raise TfnasError(f"--protocol {protocol} applies to {', '.join(sorted(supported))} only; the archs include space {space!r}")
+
+
+def protocol_report(metrics, space: str, protocol: str) -> str:
+    """Which columns differ between the protocols, and how — for the reproduce report."""
+    registry = load_metrics()
+    differs, same = [], []
+    for name in metrics:
+        impl = registry.get(name).impls.get(space)
+        if impl is None or not impl.variants:
+            continue
+        variant = impl.variants.get("published")
+        if variant is None:
+            continue
+        (differs if variant.differs else same).append((name, variant.summary))
+    if not differs and not same:
+        return ""
+    if protocol == "published":
+        lines = [f"protocol published: {len(differs)} column(s) computed as the authors' published table was, not as their released code:"]
+        lines += [f"  {name}: {summary}" for name, summary in differs]
+        if same:
+            lines.append("still the released computation, which already gives the published values:")
+            lines += [f"  {name}: {summary}" for name, summary in same]
+    else:
+        lines = [
+            f"protocol released (the authors' released code): {len(differs)} column(s) differ from their "
+            f"published table ({', '.join(n for n, _ in differs)}); --protocol published computes them as published"
+        ]
+    return "\n".join(lines)
+
+
 def score_table(
     archs_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -77,6 +125,7 @@ def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike
         check_specs(archs, what=str(archs_path))
         spaces = sorted(set(archs.column("space").to_pylist()))
         plan_identity(config, spaces)  # every metric known and defined for every space
+        check_protocol(config, spaces)
         check_batch_options(spaces, config.batch_options)
     return archs
 
@@ -119,11 +168,14 @@ class ReproduceResult:
     summary: ScoreSummary
     correlations: pa.Table
     short_runs: pa.Table | None = None  # with --train N: τ of short runs vs published, metrics vs short runs
+    protocol_note: str = ""  # nb-nlp: which columns the protocol computes as published
 
     def report(self) -> str:
         from tfnas_ray.analysis.correlation import format_correlations
 
         text = format_correlations(self.correlations)
+        if self.protocol_note:
+            text += "\n\n" + self.protocol_note
         if self.short_runs is not None:
             from tfnas_ray.analysis.short_runs import format_short_run_report
 
@@ -175,6 +227,7 @@ def reproduce(
             model_options={**config.model_options, **({"as_trained": True} if as_trained else {})},
         )
         plan_identity(config, [bench.space])
+        check_protocol(config, [bench.space])
         check_batch_options([bench.space], config.batch_options)
         archs, truth = bench.load()
     with hold(out, log=log):  # one run per output directory, taken before anything is written
@@ -207,7 +260,8 @@ def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, conf
     )
     tables.write_table("correlations", correlations, out.child("correlations.parquet"))
     short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=config.seed, log=log) if train else None
-    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs)
+    note = protocol_report(config.metrics, bench.space, config.batch_options.get("protocol", "released"))
+    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs, protocol_note=note)
 
 
 def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: Location, n: int, *, seed: int, log) -> pa.Table:

@@ -13,6 +13,7 @@ table says.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import importlib
 import math
@@ -35,6 +36,29 @@ class Direction(str, enum.Enum):
     LOWER = "lower-is-better"
 
 
+# How a space's paper columns are computed (`--protocol`): "released" — as the authors'
+# released code computes them (the default); "published" — as the computation that
+# produced their published table, where the two differ (metrics/rnn_published.py).
+PROTOCOLS = ("released", "published")
+RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class ProtocolVariant:
+    """A metric's computation under a non-default protocol.
+
+    Attributes:
+        fn: the implementation under that protocol.
+        summary: one line: what it computes and why it differs (or that it does not).
+        differs: False when it is the released computation (registered only so that
+            every column of the protocol shares one pass).
+    """
+
+    fn: Callable[["MetricContext"], float]
+    summary: str
+    differs: bool = True
+
+
 @dataclass(frozen=True)
 class MetricImpl:
     """One space's implementation of a metric."""
@@ -46,6 +70,12 @@ class MetricImpl:
     # the identity of score shards (so a rerun recomputes the old values instead of
     # keeping them) and the scores table's `version` column.
     version: int = 1
+    variants: Mapping[str, ProtocolVariant] = field(default_factory=dict)  # protocol -> variant
+
+    def fn_for(self, protocol: str) -> Callable[["MetricContext"], float]:
+        """The implementation under `protocol` (the released one where none differs)."""
+        variant = self.variants.get(protocol)
+        return variant.fn if variant is not None else self.fn
 
 
 @dataclass
@@ -72,6 +102,7 @@ BATCHES: Registry[Callable[[Mapping[str, Any]], Any]] = Registry("metric batch")
 
 _METRIC_MODULES: Sequence[str] = (
     "tfnas_ray.metrics.rnn_paper",
+    "tfnas_ray.metrics.rnn_published",
     "tfnas_ray.metrics.rnn_standard",
     "tfnas_ray.metrics.transformer",
 )
@@ -135,6 +166,25 @@ def score_version(impl: MetricImpl) -> str:
     return f"{tfnas_ray.__version__}+m{impl.version}"
 
 
+def register_protocol_variant(
+    name: str, *, space: str, protocol: str, summary: str, differs: bool = True
+) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
+    """Register `fn(ctx) -> float` as metric `name`'s computation for `space` under
+    `protocol`; the released implementation must already be registered."""
+    if protocol not in PROTOCOLS or protocol == RELEASED:
+        raise TfnasError(f"protocol {protocol!r}: a variant needs one of {', '.join(p for p in PROTOCOLS if p != RELEASED)}")
+
+    def decorator(fn: Callable[["MetricContext"], float]) -> Callable[["MetricContext"], float]:
+        impl = METRICS.get(name).impl(space)
+        if protocol in impl.variants:
+            raise TfnasError(f"metric {name!r} already has a {protocol!r} variant for space {space!r}")
+        variants = {**impl.variants, protocol: ProtocolVariant(fn=fn, summary=summary, differs=differs)}
+        METRICS.get(name).impls[space] = dataclasses.replace(impl, variants=variants)
+        return fn
+
+    return decorator
+
+
 def register_pass(space: str, name: str) -> Callable[[Callable], Callable]:
     """Register a shared pass `fn(ctx) -> artifact` under `space/name`."""
 
@@ -172,6 +222,8 @@ class MetricContext:
             batch may add its own (`batch.model_options`, e.g. the vocabulary size).
         wanted: the metrics being scored together, so a pass can serve all of them
             (e.g. run as many layers as the deepest requested layer metric needs).
+        protocol: which computation of the paper's columns (`PROTOCOLS`); the batch
+            says (`batch.protocol`), "released" for batches without one.
         pass_counts: how many times each pass actually ran (1 when shared).
     """
 
@@ -193,6 +245,7 @@ class MetricContext:
         self.device = torch.device(device)
         self.options = dict(options or {})
         self.wanted = frozenset(wanted)
+        self.protocol = getattr(batch, "protocol", RELEASED)
         self.pass_counts: Counter[str] = Counter()
         self._pristine: torch.nn.Module | None = None  # built lazily, never handed out
         self._passes: dict[str, Any] = {}  # pass name -> artifact

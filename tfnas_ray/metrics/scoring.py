@@ -87,7 +87,7 @@ def score_architecture(
         value, error = None, None
         impl = registry.get(name).impl(space)
         try:
-            value = check_finite(impl.fn(ctx), name)
+            value = check_finite(impl.fn_for(ctx.protocol)(ctx), name)
         except MetricFailure as failure:
             error = str(failure)
         except TfnasError:
@@ -105,6 +105,7 @@ def score_architecture(
                 "seed": seed,
                 "device": str(device),
                 "version": score_version(impl),
+                "protocol": getattr(batch, "protocol", None),  # null: the space has one protocol
             }
         )
     return rows
