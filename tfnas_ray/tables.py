@@ -74,11 +74,28 @@ CORRELATIONS = pa.schema(
     ]
 )
 
+# `tfnas evaluate-search`: one row per (method, pool size, keep) of a Monte-Carlo over
+# pools of architectures (analysis.search_eval states the conventions in the metadata).
+SEARCH_EVAL = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),  # a metric, ensemble:a+b, "random" or "oracle"
+        pa.field("pool_size", pa.int64(), nullable=False),  # P architectures per pool
+        pa.field("keep", pa.int64(), nullable=False),  # K picked per pool; the best of them counts
+        pa.field("regret", pa.float64()),  # mean over pools of (pool's best − best pick), target units, >= 0
+        pa.field("regret_lo", pa.float64()),  # 2.5% quantile of the per-pool regret
+        pa.field("regret_hi", pa.float64()),  # 97.5% quantile of the per-pool regret
+        pa.field("percentile", pa.float64()),  # mean percentile of the best pick in its pool (100 = best)
+        pa.field("top10_overlap", pa.float64()),  # mean share of the metric's top 10% in the truth's top 10%
+        pa.field("target", pa.string(), nullable=False),
+    ]
+)
+
 SCHEMAS: Mapping[str, pa.Schema] = {
     "archs": ARCHS,
     "scores": SCORES,
     "truth": TRUTH,
     "correlations": CORRELATIONS,
+    "search_eval": SEARCH_EVAL,
 }
 
 
