@@ -3,7 +3,7 @@
 The common input of search evaluation and ensemble selection: one truth value per
 architecture (the mean of its runs, where a benchmark trained one architecture twice),
 and per metric the mean over its seeds (and minibatches), NaN where every value failed.
-Only architectures with a finite truth value are kept.
+Only architectures with a finite truth value that appear in the scores are kept.
 
 A target's direction (is lower or higher better?) is a property of the target, not of
 the metric: losses and perplexities are lower-is-better, GLUE scores higher-is-better.
@@ -92,9 +92,15 @@ def align(scores: pa.Table, truth: pa.Table, target: str, *, metrics: Sequence[s
     truth_means = _means(truth, ["arch_id"])
     order = {a: i for i, a in enumerate(dict.fromkeys(truth.column("arch_id").to_pylist()))}
     mean_of = dict(zip(truth_means.column("arch_id").to_pylist(), truth_means.column("value_mean").to_pylist()))
-    arch_ids = tuple(a for a in order if a in mean_of)
+    # Only architectures that were scored: a partial run (or `--limit`) is evaluated on
+    # what it scored, not on unscored architectures that every metric would pick last.
+    scored = set(scores.column("arch_id").to_pylist())
+    arch_ids = tuple(a for a in order if a in mean_of and a in scored)
     if not arch_ids:
-        raise TfnasError(f"no architecture has a finite value of target {target!r}")
+        raise TfnasError(
+            f"no architecture has both scores and a finite value of target {target!r}: "
+            "were the scores and truth tables made from the same archs table?"
+        )
     values = np.array([mean_of[a] for a in arch_ids], dtype=np.float64)
     quality = values if target_direction(target) is Direction.HIGHER else -values
     present = list(dict.fromkeys(scores.column("metric").to_pylist()))
@@ -110,6 +116,4 @@ def align(scores: pa.Table, truth: pa.Table, target: str, *, metrics: Sequence[s
     ):
         if metric in columns and arch_id in index:
             columns[metric][index[arch_id]] = value
-    if not any(np.isfinite(c).any() for c in columns.values()) and columns:
-        raise TfnasError("the scores and truth tables share no architecture with a value: were they made from the same archs table?")
     return Aligned(arch_ids=arch_ids, target=target, truth=values, quality=quality, columns=columns)
