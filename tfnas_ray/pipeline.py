@@ -89,6 +89,24 @@ class ReproduceResult:
 PAPER_PROTOCOL = ScoreConfig(metrics=(), seed=0, seeding="fixed", shard_size=8)
 
 
+def export_benchmark(benchmark_name: str, out: Location, *, limit: int | None = None):
+    """Write a shipped benchmark's DIR/archs.parquet and DIR/truth.parquet (the first
+    `limit` architectures); return (benchmark, archs, truth)."""
+    bench = get_benchmark(benchmark_name)
+    archs, truth = bench.load()
+    if limit is not None:
+        if limit < 1:
+            raise TfnasError(f"--limit must be >= 1, got {limit}")
+        archs = archs.slice(0, limit)
+        # The truth rows of exactly those benchmark entries (a cell trained twice has two).
+        keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
+        pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
+        truth = truth.filter(pa.array([pair in keep for pair in pairs]))
+    tables.write_table("archs", archs, out.child("archs.parquet"))
+    tables.write_table("truth", truth, out.child("truth.parquet"))
+    return bench, archs, truth
+
+
 def reproduce(
     benchmark_name: str,
     out_dir: str | os.PathLike,
@@ -116,19 +134,8 @@ def reproduce(
     """
     from tfnas_ray.distributed.cluster import connect
 
-    bench = get_benchmark(benchmark_name)
     out = locate(out_dir)
-    archs, truth = bench.load()
-    if limit is not None:
-        if limit < 1:
-            raise TfnasError(f"--limit must be >= 1, got {limit}")
-        archs = archs.slice(0, limit)
-        # The truth rows of exactly those benchmark entries (a cell trained twice has two).
-        keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
-        pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
-        truth = truth.filter(pa.array([pair in keep for pair in pairs]))
-    tables.write_table("archs", archs, out.child("archs.parquet"))
-    tables.write_table("truth", truth, out.child("truth.parquet"))
+    bench, archs, truth = export_benchmark(benchmark_name, out, limit=limit)
     config = dataclasses.replace(
         config,
         metrics=tuple(config.metrics or bench.default_metrics),
@@ -177,3 +184,151 @@ def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: L
     report = short_run_report(outcome.truth, truth, scores)
     tables.write_table("truth", outcome.truth, out.child("truth_short.parquet"))
     return report
+
+
+# ---- search evaluation and ensembles (issue 11) --------------------------------------
+
+
+@dataclass
+class EvaluationInputs:
+    """Scores and truth of a benchmark run, for `evaluate-search` and `ensemble`."""
+
+    out: Location  # the run's directory (archs.parquet, truth.parquet, scores/)
+    scores: pa.Table
+    truth: pa.Table
+    primary_target: str
+    metrics: list[str]  # the metrics to evaluate, in order
+    summary: ScoreSummary | None = None  # when this call scored
+
+
+def evaluation_inputs(
+    source: str,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvaluationInputs:
+    """The scores and truth that `source` names.
+
+    `source` is a shipped benchmark (exported and scored here into `out_dir`, default
+    runs/BENCHMARK, in the layout of `reproduce`, resuming finished shards: rerun to
+    continue; `config.metrics` empty: the benchmark's columns) or the directory of an
+    earlier `reproduce` (its scores reused, nothing scored).
+
+    Raises:
+        TfnasError: `source` is neither a shipped benchmark nor a directory holding
+            truth.parquet and scores/.
+    """
+    from tfnas_ray.benchmarks import load_benchmarks
+
+    from tfnas_ray.distributed.cluster import connect
+
+    benchmarks = load_benchmarks()
+    if source in benchmarks:
+        out = locate(out_dir or os.path.join("runs", source))
+        bench, archs, truth = export_benchmark(source, out, limit=limit)
+        config = dataclasses.replace(config, metrics=tuple(config.metrics or bench.default_metrics))
+        connect(address)
+        summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
+        return EvaluationInputs(out, summary.table, truth, bench.primary_target, list(config.metrics), summary)
+    where = locate(source)
+    if not where.child("truth.parquet").exists() or not where.child("scores").exists():
+        raise TfnasError(
+            f"{source!r} is neither a shipped benchmark ({', '.join(benchmarks.names())}) nor a directory "
+            "holding truth.parquet and scores/ (the output of `tfnas reproduce`)"
+        )
+    scores = tables.read_table("scores", where.child("scores"))
+    truth = tables.read_table("truth", where.child("truth.parquet"))
+    primary = truth.column("target")[0].as_py() if truth.num_rows else ""
+    archs_path = where.child("archs.parquet")
+    if archs_path.exists():
+        sources = set(tables.read_table("archs", archs_path).column("source").to_pylist())
+        named = [s for s in sources if s in benchmarks]
+        if len(named) == 1:
+            primary = benchmarks.get(named[0]).primary_target
+    metrics = list(dict.fromkeys(scores.column("metric").to_pylist()))
+    return EvaluationInputs(where, scores, truth, primary, metrics)
+
+
+def _method_members(methods: list[str] | None) -> tuple[str, ...]:
+    """The metrics that `methods` (metric names or ensembles) read, in order."""
+    from tfnas_ray.analysis.ranking import parse_method
+
+    return tuple(dict.fromkeys(m for name in methods or () for m in parse_method(name).members))
+
+
+@dataclass
+class SearchEvalResult:
+    table: pa.Table
+    path: Location
+    inputs: EvaluationInputs
+
+    def report(self) -> str:
+        from tfnas_ray.analysis.search_eval import format_search_eval
+
+        return format_search_eval(self.table)
+
+
+def evaluate_search_run(
+    source: str,
+    methods: list[str] | None = None,
+    *,
+    target: str | None = None,
+    search: "SearchEvalConfig | None" = None,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    out: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SearchEvalResult:
+    """`tfnas evaluate-search`: each method (metric or `ensemble:a+b`; default every
+    metric of the run) as a search method over Monte-Carlo pools, against random and the
+    oracle; writes the search_eval table to `out` (default DIR/search_eval.parquet)."""
+    from tfnas_ray.analysis.aligned import align
+    from tfnas_ray.analysis.search_eval import SearchEvalConfig, evaluate_search
+
+    config = dataclasses.replace(config, metrics=_method_members(methods) or config.metrics)
+    inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
+    methods = methods or inputs.metrics
+    data = align(inputs.scores, inputs.truth, target or inputs.primary_target, metrics=list(_method_members(methods)))
+    table = evaluate_search(data, methods, directions(), search or SearchEvalConfig())
+    path = locate(out) if out is not None else inputs.out.child("search_eval.parquet")
+    tables.write_table("search_eval", table, path)
+    return SearchEvalResult(table, path, inputs)
+
+
+def ensemble_run(
+    source: str,
+    *,
+    metrics: list[str] | None = None,
+    fixed: list[str] | None = None,
+    target: str | None = None,
+    cv: "EnsembleConfig | None" = None,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+):
+    """`tfnas ensemble`: cross-validated choice of the best rank ensemble and the best
+    single metric among `metrics` (default every metric of the run), plus each `fixed`
+    method on the same held-out folds. Returns an `analysis.ensemble.EnsembleResult`."""
+    from tfnas_ray.analysis.aligned import align
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, cross_validate, evaluate_fixed
+
+    config = dataclasses.replace(config, metrics=_method_members((metrics or []) + (fixed or [])) or config.metrics)
+    inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
+    chosen_from = metrics or inputs.metrics
+    data = align(inputs.scores, inputs.truth, target or inputs.primary_target, metrics=list(_method_members(chosen_from + (fixed or []))))
+    columns = {m: data.columns[m] for m in chosen_from}
+    pool = dataclasses.replace(data, columns=columns)
+    result = cross_validate(pool, directions(), cv or EnsembleConfig())
+    # Fixed methods involve no choice; evaluated on the very same held-out folds.
+    result.outcomes += evaluate_fixed(data, directions(), result.folds, fixed or [])
+    return result
