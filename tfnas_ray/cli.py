@@ -71,6 +71,8 @@ WaitForGpus = Annotated[
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+InitSeeds = Annotated[int, typer.Option(help="score under this many initialisation seeds (run seeds SEED … SEED+S−1)")]
+Batches = Annotated[int, typer.Option(help="score on this many metric minibatches (minibatch b: the b-th consecutive block of the corpus)")]
 
 
 def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
@@ -138,17 +140,20 @@ def score(
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
+    init_seeds: InitSeeds = 1,
+    batches: Batches = 1,
     address: Address = None,
     progress: Progress = True,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
+    from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import score_table
 
     batch_options = {} if corpus == "ptb" else {"corpus": corpus}
     config = _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options)
     try:
-        summary = score_table(archs, out, config, address=address, progress=progress, log=typer.echo)
+        summary = score_table(archs, out, config, address=address, repeats=Repeats(init_seeds, batches), progress=progress, log=typer.echo)
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")
     for line in summary.lines():
@@ -198,10 +203,13 @@ def reproduce(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
+    init_seeds: InitSeeds = 1,
+    batches: Batches = 1,
     progress: Progress = True,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
+    from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
@@ -215,6 +223,7 @@ def reproduce(
             resamples=resamples,
             as_trained=as_trained,
             train=train,
+            repeats=Repeats(init_seeds, batches),
             progress=progress,
             log=typer.echo,
         )

@@ -16,6 +16,7 @@ import pyarrow as pa
 from tfnas_ray import tables
 from tfnas_ray.analysis.correlation import CorrelationConfig, correlate, format_correlations
 from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.distributed.repeats import Repeats, run_repeated_scoring
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, run_scoring
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import load_metrics
@@ -43,10 +44,12 @@ def score_table(
     config: ScoreConfig,
     *,
     address: str | None = None,
+    repeats: Repeats = Repeats(),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ScoreSummary:
-    """Read an archs table, check its specs, and score it through Ray into `out_dir`."""
+    """Read an archs table, check its specs, and score it through Ray into `out_dir`
+    (under each seed and minibatch of `repeats`)."""
     from tfnas_ray.distributed.cluster import connect
 
     archs = tables.read_table("archs", archs_path)
@@ -54,7 +57,7 @@ def score_table(
         raise TfnasError(f"archs table {str(archs_path)!r} has no rows")
     check_specs(archs, what=str(archs_path))
     connect(address)
-    return run_scoring(archs, out_dir, config, progress=progress, log=log)
+    return run_repeated_scoring(archs, out_dir, config, repeats, progress=progress, log=log)
 
 
 def check_specs(archs: pa.Table, *, what: str) -> None:
@@ -117,6 +120,7 @@ def reproduce(
     resamples: int = 1000,
     as_trained: bool = False,
     train: int = 0,
+    repeats: Repeats = Repeats(),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
@@ -131,6 +135,8 @@ def reproduce(
     scaled-dot-product attention). `train` > 0 also trains that many of the benchmark's
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
+    `repeats` (`--init-seeds S --batches B`) scores under several seeds and minibatches;
+    the correlations then say how stable each metric's ranking is.
     """
     from tfnas_ray.distributed.cluster import connect
 
@@ -146,7 +152,7 @@ def reproduce(
     if train < 0:
         raise TfnasError(f"--train must be >= 0, got {train}")
     connect(address)
-    summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
+    summary = run_repeated_scoring(archs, out.child("scores"), config, repeats, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
     correlations = correlate(
         summary.table,

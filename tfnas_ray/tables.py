@@ -42,6 +42,7 @@ SCORES = pa.schema(
         pa.field("seed", pa.int64()),  # the seed the model was initialised with
         pa.field("device", pa.string()),  # "cpu", "cuda:0", …
         pa.field("version", pa.string()),  # tfnas_ray.__version__
+        pa.field("batch", pa.int64()),  # index of the metric minibatch (`--batches`); null = 0
     ]
 )
 
@@ -71,6 +72,10 @@ CORRELATIONS = pa.schema(
         pa.field("spearman_hi", pa.float64()),
         pa.field("pearson_r", pa.float64()),
         pa.field("direction", pa.string()),  # the metric's declared direction, if known
+        # Stability (`--init-seeds S --batches B`), null where S or B is 1:
+        pa.field("tau_between_seeds", pa.float64()),  # mean Kendall τ between seeds, same batch
+        pa.field("tau_between_batches", pa.float64()),  # mean Kendall τ between batches, same seed
+        pa.field("tau_seed_averaged", pa.float64()),  # τ vs target of the mean over seeds (batch 0)
     ]
 )
 

@@ -339,6 +339,7 @@ def _make_actor_class():
                     options=self._model_options,
                 ):
                     row["device"] = self._label
+                    row["batch"] = int(self._batch_options.get("index", 0))  # `--batches`
                     rows.append(row)
             reply = {"rows": rows, "written": False, "write_error": None}
             if destination is not None:
@@ -607,6 +608,6 @@ def _failed_rows(arch_id: str, metrics, reason: str, config: ScoreConfig) -> lis
 
     seed = arch_seed(arch_id, config.seed, config.seeding)
     return [
-        {"arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None, "seed": seed, "device": None, "version": tfnas_ray.__version__}
+        {"arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None, "seed": seed, "device": None, "version": tfnas_ray.__version__, "batch": int(config.batch_options.get("index", 0))}
         for m in metrics
     ]
