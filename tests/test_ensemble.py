@@ -118,3 +118,23 @@ def test_errors():
         cross_validate(data, {"a": "higher-is-better"}, EnsembleConfig(folds=5))
     with pytest.raises(TfnasError, match="--folds must be >= 2, got 1"):
         EnsembleConfig(folds=1)
+
+
+def test_correlate_accepts_an_ensemble_by_its_merit():
+    from tfnas_ray import tables
+    from tfnas_ray.analysis.correlation import CorrelationConfig, correlate
+
+    # loss-like metric `a` (lower is better) and `b` (higher is better) over 6 archs.
+    a = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    b = [1.0, 2.0, 3.0, 4.0, 6.0, 5.0]
+    rows = [{"arch_id": f"x{i}", "metric": m, "value": v, "seed": 0} for m, col in (("a", a), ("b", b)) for i, v in enumerate(col)]
+    truth = tables.from_rows("truth", [{"arch_id": f"x{i}", "target": "glue", "value": float(i)} for i in range(6)])
+    table = correlate(
+        tables.from_rows("scores", rows), truth, config=CorrelationConfig(resamples=0),
+        directions={"a": "lower-is-better", "b": "higher-is-better"}, metrics=["a", "ensemble:a+b"],
+    )
+    by_metric = {r["metric"]: r for r in table.to_pylist()}
+    assert by_metric["a"]["kendall_tau"] == pytest.approx(-1.0)  # raw values, signed
+    # Merit: mean of ranks of −a (1..6) and b (1,2,3,4,6,5) = 1,2,3,4,5.5,5.5: one tie, no
+    # discordant pair: τ-b = 14 / √(14 · 15).
+    assert by_metric["ensemble:a+b"]["kendall_tau"] == pytest.approx(14 / np.sqrt(14 * 15), abs=1e-12)

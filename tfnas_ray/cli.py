@@ -168,6 +168,7 @@ def correlate(
     out: Annotated[str, typer.Option(help="correlations table to write (.parquet; a path or a URL)")] = "correlations.parquet",
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics or ensemble:a+b to correlate (default: every metric)")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
     against every target, signed."""
@@ -180,6 +181,7 @@ def correlate(
         tables.read_table("truth", truth),
         config=CorrelationConfig(resamples=resamples, seed=seed),
         directions=directions(),
+        metrics=_metric_names(metric),
     )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))
@@ -288,6 +290,9 @@ def evaluate_search(
         )
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")
+    if result.inputs.summary is not None:
+        for line in result.inputs.summary.lines():
+            typer.echo(line)
     typer.echo(result.report())
     typer.echo(f"wrote {result.path.url}")
 

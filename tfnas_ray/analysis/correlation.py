@@ -6,6 +6,8 @@ r; all signed, never abs(). A pair with a null or NaN on either side is dropped 
 anything is computed. Intervals are percentile bootstrap intervals over resampled
 architectures, with a seeded generator, so the same inputs give the same table.
 When a score exists several times for one architecture (several seeds), its mean is used;
+a rank ensemble `ensemble:a+b` (analysis.ranking) is correlated through its merit, which
+is oriented so that higher predicts better (a single metric keeps its raw values);
 each truth row is one observation (a benchmark that trained one cell twice contributes
 both runs, as the published per-run results do).
 """
@@ -108,6 +110,20 @@ def _mean_scores(scores: pa.Table) -> dict[str, dict[str, float]]:
     return out
 
 
+def _ensemble_values(name: str, per_metric: dict[str, dict[str, float]], directions: dict[str, str]) -> dict[str, float]:
+    """arch_id -> merit of a rank ensemble (`ranking`: higher predicts better), over the
+    architectures where every member has a value."""
+    from tfnas_ray.analysis.ranking import method_merit, parse_method
+
+    method = parse_method(name)
+    for member in method.members:
+        if member not in per_metric:
+            raise TfnasError(f"ensemble {name!r}: no scores for metric {member!r}; have: {', '.join(sorted(per_metric))}")
+    archs = sorted(set.intersection(*(set(per_metric[m]) for m in method.members)))
+    columns = {m: np.array([per_metric[m][a] for a in archs]) for m in method.members}
+    return dict(zip(archs, method_merit(method, columns, directions).tolist()))
+
+
 def _stability(scores: pa.Table) -> dict[str, dict]:
     """Per metric, how much its ranking of architectures depends on the seed and on the
     minibatch (`--init-seeds`, `--batches`):
@@ -196,6 +212,9 @@ def correlate(
     truth = tables.conform("truth", truth, what="truth table")
     per_metric = _mean_scores(scores)
     metric_names = metrics or sorted(per_metric)
+    for name in metric_names:
+        if name.startswith("ensemble:") and name not in per_metric:
+            per_metric[name] = _ensemble_values(name, per_metric, directions or {})
     target_names = targets or list(dict.fromkeys(truth.column("target").to_pylist()))
     truth_ids = truth.column("arch_id").to_pylist()
     truth_targets = truth.column("target").to_pylist()
