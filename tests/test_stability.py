@@ -3,10 +3,8 @@ correlations' stability columns."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import numpy as np
 import pyarrow as pa
 import pytest
 

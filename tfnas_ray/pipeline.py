@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 
@@ -22,6 +22,10 @@ from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location, locate
+
+if TYPE_CHECKING:
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, EnsembleResult
+    from tfnas_ray.analysis.search_eval import SearchEvalConfig
 
 
 def sample_archs(space_name: str, n: int, *, seed: int) -> pa.Table:
@@ -283,7 +287,7 @@ def evaluate_search_run(
     methods: list[str] | None = None,
     *,
     target: str | None = None,
-    search: "SearchEvalConfig | None" = None,
+    search: SearchEvalConfig | None = None,
     config: ScoreConfig = PAPER_PROTOCOL,
     out: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -314,14 +318,14 @@ def ensemble_run(
     metrics: list[str] | None = None,
     fixed: list[str] | None = None,
     target: str | None = None,
-    cv: "EnsembleConfig | None" = None,
+    cv: EnsembleConfig | None = None,
     config: ScoreConfig = PAPER_PROTOCOL,
     out_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     address: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-):
+) -> EnsembleResult:
     """`tfnas ensemble`: cross-validated choice of the best rank ensemble and the best
     single metric among `metrics` (default every metric of the run), plus each `fixed`
     method on the same held-out folds. Returns an `analysis.ensemble.EnsembleResult`."""
