@@ -197,6 +197,9 @@ def format_search_eval(table: pa.Table) -> str:
         return "(no rows)"
     target = rows[0]["target"]
     lines = []
+    meta = json.loads((table.schema.metadata or {}).get(b"tfnas.conventions", b"{}"))
+    if meta:
+        lines += [f"{meta['architectures']} architectures; {meta['pools'].split(',')[0]}; regret in {target} units, {meta['target_direction']}", ""]
     groups: dict[tuple[int, int], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["pool_size"], row["keep"]), []).append(row)
