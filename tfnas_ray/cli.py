@@ -96,6 +96,8 @@ Protocol = Annotated[
         "published (as the computation behind their published table, where it differs)"
     ),
 ]
+InitSeeds = Annotated[int, typer.Option(help="score under this many initialisation seeds (run seeds SEED … SEED+S−1)")]
+Batches = Annotated[int, typer.Option(help="score on this many metric minibatches (minibatch b: the b-th consecutive block of the corpus)")]
 
 
 def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
@@ -168,11 +170,14 @@ def score(
     wait_for_gpus: WaitForGpus = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
     protocol: Protocol = "released",
+    init_seeds: InitSeeds = 1,
+    batches: Batches = 1,
     address: Address = None,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
+    from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import protocol_options, score_table
 
@@ -181,7 +186,7 @@ def score(
         metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options, retry_failed=retry_failed
     )
     try:
-        summary = score_table(archs, out, config, address=address, progress=progress, log=typer.echo)
+        summary = score_table(archs, out, config, address=address, repeats=Repeats(init_seeds, batches), progress=progress, log=typer.echo)
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")
     for line in summary.lines():
@@ -197,6 +202,7 @@ def correlate(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
     plan: Annotated[Optional[str], typer.Option(help="a directory holding several scoring plans: the plan id (or a prefix) to read; default the newest")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics or ensemble:a+b to correlate (default: every metric)")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
     against every target, signed. A directory of shards is read one scoring plan at a
@@ -215,6 +221,7 @@ def correlate(
             tables.read_table("truth", truth),
             config=config,
             directions=directions(),
+            metrics=_metric_names(metric),
         )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))
@@ -239,12 +246,15 @@ def reproduce(
     as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
     protocol: Protocol = "released",
+    init_seeds: InitSeeds = 1,
+    batches: Batches = 1,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
     from tfnas_ray.analysis.report import write_report
+    from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import protocol_options
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
@@ -262,6 +272,7 @@ def reproduce(
             resamples=resamples,
             as_trained=as_trained,
             train=train,
+            repeats=Repeats(init_seeds, batches),
             progress=progress,
             log=typer.echo,
         )
@@ -335,6 +346,113 @@ def report(
     from tfnas_ray.analysis.report import write_report
 
     typer.echo(f"report: {write_report(run).url}")
+
+
+# ---- search evaluation and ensembles ----------------------------------------------------
+
+Source = Annotated[str, typer.Argument(help="a shipped benchmark (scored into --dir, resumable) or the directory of a `tfnas reproduce` (its scores reused)")]
+Target = Annotated[Optional[str], typer.Option(help="truth target (default: the benchmark's primary target)")]
+RunDir = Annotated[Optional[str], typer.Option("--dir", help="for a BENCHMARK: where its archs, truth and scores go (default runs/BENCHMARK)")]
+Limit = Annotated[Optional[int], typer.Option(help="for a BENCHMARK: score only the first N architectures")]
+
+
+@app.command("evaluate-search")
+def evaluate_search(
+    source: Source,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metric or ensemble:a+b (repeat; default: every metric of the run)")] = None,
+    target: Target = None,
+    pools: Annotated[int, typer.Option(help="Monte-Carlo pools per pool size")] = 1000,
+    pool_size: Annotated[Optional[list[int]], typer.Option("--pool-size", help="architectures per pool (repeat; default: 100 and the whole benchmark)")] = None,
+    keep: Annotated[Optional[list[int]], typer.Option("--keep", help="architectures kept per pool (repeat; default: 1 and 10)")] = None,
+    pool_seed: Annotated[int, typer.Option(help="seed of the pools")] = 0,
+    out: Annotated[Optional[str], typer.Option(help="search_eval table to write (default: search_eval.parquet beside the scores)")] = None,
+    dir: RunDir = None,
+    seed: Annotated[int, typer.Option(help="for a BENCHMARK: model seed (0 and fixed seeding: the paper's values)")] = 0,
+    seeding: Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")] = "fixed",
+    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    workers: Workers = None,
+    device: Device = "auto",
+    actors_per_gpu: ActorsPerGpu = 1.0,
+    wait_for_gpus: WaitForGpus = 0.0,
+    limit: Limit = None,
+    address: Address = None,
+    progress: Progress = True,
+) -> None:
+    """How good is each metric as a search method? Regret of its top-K picks in random
+    pools of P architectures, against random picks and the oracle."""
+    from tfnas_ray.analysis.search_eval import SearchEvalConfig
+    from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.pipeline import evaluate_search_run
+
+    search = SearchEvalConfig(pools=pools, pool_sizes=tuple(pool_size or ()), keeps=tuple(keep or (1, 10)), seed=pool_seed)
+    try:
+        result = evaluate_search_run(
+            source,
+            _metric_names(metric),
+            target=target,
+            search=search,
+            config=_score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
+            out=out,
+            out_dir=dir,
+            limit=limit,
+            address=address,
+            progress=progress,
+            log=typer.echo,
+        )
+    except ScoringInterrupted as stop:
+        fail(f"{stop}; {_resume_hint()}")
+    if result.inputs.summary is not None:
+        for line in result.inputs.summary.lines():
+            typer.echo(line)
+    typer.echo(result.report())
+    typer.echo(f"wrote {result.path.url}")
+
+
+@app.command()
+def ensemble(
+    source: Source,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics to choose from (default: every metric of the run)")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="also evaluate this fixed method on the same folds, e.g. ensemble:params+head_confidence (repeat)")] = None,
+    target: Target = None,
+    folds: Annotated[int, typer.Option(help="k of the k-fold cross-validation over architectures")] = 5,
+    cv_seed: Annotated[int, typer.Option(help="seed of the fold split")] = 0,
+    max_members: Annotated[int, typer.Option(help="largest ensemble tried")] = 3,
+    dir: RunDir = None,
+    seed: Annotated[int, typer.Option(help="for a BENCHMARK: model seed")] = 0,
+    seeding: Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")] = "fixed",
+    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    workers: Workers = None,
+    device: Device = "auto",
+    actors_per_gpu: ActorsPerGpu = 1.0,
+    wait_for_gpus: WaitForGpus = 0.0,
+    limit: Limit = None,
+    address: Address = None,
+    progress: Progress = True,
+) -> None:
+    """Choose a rank ensemble of metrics (members and weights) by k-fold cross-validation
+    over architectures; print out-of-fold Kendall τ and Spearman ρ only, for the best
+    ensemble and the best single metric."""
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, format_ensemble
+    from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.pipeline import ensemble_run
+
+    try:
+        result = ensemble_run(
+            source,
+            metrics=_metric_names(metric),
+            fixed=_metric_names(method),
+            target=target,
+            cv=EnsembleConfig(folds=folds, seed=cv_seed, max_members=max_members),
+            config=_score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
+            out_dir=dir,
+            limit=limit,
+            address=address,
+            progress=progress,
+            log=typer.echo,
+        )
+    except ScoringInterrupted as stop:
+        fail(f"{stop}; {_resume_hint()}")
+    typer.echo(format_ensemble(result))
 
 
 # ---- cluster jobs ----------------------------------------------------------------------

@@ -9,18 +9,23 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 
 from tfnas_ray import tables
 from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.distributed.repeats import Repeats, run_repeated_scoring
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
 from tfnas_ray.errors import TfnasError, checking_input
 from tfnas_ray.lease import hold
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location, locate
+
+if TYPE_CHECKING:
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, EnsembleResult
+    from tfnas_ray.analysis.search_eval import SearchEvalConfig
 
 
 def sample_archs(space_name: str, n: int, *, seed: int) -> pa.Table:
@@ -91,11 +96,12 @@ def score_table(
     config: ScoreConfig,
     *,
     address: str | None = None,
+    repeats: Repeats = Repeats(),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ScoreSummary:
     """Read an archs table, check it and the config, and score it through Ray into
-    `out_dir`.
+    `out_dir` (under each seed and minibatch of `repeats`).
 
     Raises:
         InputError: bad input, found before Ray starts or anything is written.
@@ -106,7 +112,7 @@ def score_table(
     archs = check_score_inputs(archs_path, out_dir, config)
     with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
         connect(address)
-        return run_scoring(archs, out_dir, config, progress=progress, log=log)
+        return run_repeated_scoring(archs, out_dir, config, repeats, progress=progress, log=log)
 
 
 def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike, config: ScoreConfig) -> pa.Table:
@@ -187,6 +193,34 @@ class ReproduceResult:
 PAPER_PROTOCOL = ScoreConfig(metrics=(), seed=0, seeding="fixed", shard_size=8)
 
 
+def select_benchmark(archs: pa.Table, truth: pa.Table, limit: int | None) -> tuple[pa.Table, pa.Table]:
+    """The first `limit` architectures of a benchmark (all with None) and the truth rows
+    of exactly those benchmark entries (a cell trained twice has two)."""
+    if limit is None:
+        return archs, truth
+    archs = archs.slice(0, limit)
+    keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
+    pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
+    return archs, truth.filter(pa.array([pair in keep for pair in pairs]))
+
+
+def write_benchmark(out: Location, archs: pa.Table, truth: pa.Table) -> None:
+    """DIR/archs.parquet and DIR/truth.parquet, the layout `reproduce` writes."""
+    tables.write_table("archs", archs, out.child("archs.parquet"))
+    tables.write_table("truth", truth, out.child("truth.parquet"))
+
+
+def export_benchmark(benchmark_name: str, out: Location, *, limit: int | None = None):
+    """Write a shipped benchmark's DIR/archs.parquet and DIR/truth.parquet (the first
+    `limit` architectures); return (benchmark, archs, truth)."""
+    if limit is not None and limit < 1:
+        raise TfnasError(f"--limit must be >= 1, got {limit}")
+    bench = get_benchmark(benchmark_name)
+    archs, truth = select_benchmark(*bench.load(), limit)
+    write_benchmark(out, archs, truth)
+    return bench, archs, truth
+
+
 def reproduce(
     benchmark_name: str,
     out_dir: str | os.PathLike,
@@ -197,6 +231,7 @@ def reproduce(
     resamples: int = 1000,
     as_trained: bool = False,
     train: int = 0,
+    repeats: Repeats = Repeats(),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
@@ -211,6 +246,8 @@ def reproduce(
     scaled-dot-product attention). `train` > 0 also trains that many of the benchmark's
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
+    `repeats` (`--init-seeds S --batches B`) scores under several seeds and minibatches;
+    the correlations then say how stable each metric's ranking is.
     """
     with checking_input():  # every check before a file is written or Ray starts
         bench = get_benchmark(benchmark_name)
@@ -231,24 +268,20 @@ def reproduce(
         check_batch_options([bench.space], config.batch_options)
         archs, truth = bench.load()
     with hold(out, log=log):  # one run per output directory, taken before anything is written
-        return _reproduce_into(out, bench, archs, truth, config, limit=limit, address=address, resamples=resamples, train=train, progress=progress, log=log)
+        return _reproduce_into(
+            out, bench, archs, truth, config, limit=limit, address=address, resamples=resamples, train=train, repeats=repeats, progress=progress, log=log
+        )
 
 
-def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, *, limit, address, resamples, train, progress, log) -> ReproduceResult:
+def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, *, limit, address, resamples, train, repeats, progress, log) -> ReproduceResult:
     """`reproduce` after its checks, holding the lease of `out`."""
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
     from tfnas_ray.distributed.cluster import connect
 
-    if limit is not None:
-        archs = archs.slice(0, limit)
-        # The truth rows of exactly those benchmark entries (a cell trained twice has two).
-        keep = set(zip(archs.column("arch_id").to_pylist(), archs.column("benchmark_id").to_pylist()))
-        pairs = zip(truth.column("arch_id").to_pylist(), truth.column("benchmark_id").to_pylist())
-        truth = truth.filter(pa.array([pair in keep for pair in pairs]))
-    tables.write_table("archs", archs, out.child("archs.parquet"))
-    tables.write_table("truth", truth, out.child("truth.parquet"))
+    archs, truth = select_benchmark(archs, truth, limit)
+    write_benchmark(out, archs, truth)
     connect(address)
-    summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
+    summary = run_repeated_scoring(archs, out.child("scores"), config, repeats, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
     correlations = correlate(
         summary.table,
@@ -287,3 +320,158 @@ def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: L
     report = short_run_report(outcome.truth, truth, scores)
     tables.write_table("truth", outcome.truth, out.child("truth_short.parquet"))
     return report
+
+
+# ---- search evaluation and ensembles (issue 11) --------------------------------------
+
+
+@dataclass
+class EvaluationInputs:
+    """Scores and truth of a benchmark run, for `evaluate-search` and `ensemble`."""
+
+    out: Location  # the run's directory (archs.parquet, truth.parquet, scores/)
+    scores: pa.Table
+    truth: pa.Table
+    primary_target: str
+    metrics: list[str]  # the metrics to evaluate, in order
+    summary: ScoreSummary | None = None  # when this call scored
+
+
+def evaluation_inputs(
+    source: str,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvaluationInputs:
+    """The scores and truth that `source` names.
+
+    `source` is a shipped benchmark (exported and scored here into `out_dir`, default
+    runs/BENCHMARK, in the layout of `reproduce`, resuming finished shards: rerun to
+    continue; `config.metrics` empty: the benchmark's columns) or the directory of an
+    earlier `reproduce` (its scores reused, nothing scored).
+
+    Raises:
+        TfnasError: `source` is neither a shipped benchmark nor a directory holding
+            truth.parquet and scores/.
+    """
+    from tfnas_ray.benchmarks import load_benchmarks
+
+    from tfnas_ray.distributed.cluster import connect
+
+    benchmarks = load_benchmarks()
+    if source in benchmarks:
+        with checking_input():
+            out = check_output(out_dir or os.path.join("runs", source))
+            bench = get_benchmark(source)
+            config = dataclasses.replace(config, metrics=tuple(config.metrics or bench.default_metrics))
+            plan_identity(config, [bench.space])
+            check_batch_options([bench.space], config.batch_options)
+        with hold(out, log=log):  # one run per output directory
+            bench, archs, truth = export_benchmark(source, out, limit=limit)
+            connect(address)
+            summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
+        return EvaluationInputs(out, summary.table, truth, bench.primary_target, list(config.metrics), summary)
+    where = locate(source)
+    if not where.child("truth.parquet").exists() or not where.child("scores").exists():
+        raise TfnasError(
+            f"{source!r} is neither a shipped benchmark ({', '.join(benchmarks.names())}) nor a directory "
+            "holding truth.parquet and scores/ (the output of `tfnas reproduce`)"
+        )
+    from tfnas_ray.plans import read_scores
+
+    scores = read_scores(where.child("scores"), log=log)  # one plan (or stability study), never a mix
+    truth = tables.read_table("truth", where.child("truth.parquet"))
+    primary = truth.column("target")[0].as_py() if truth.num_rows else ""
+    archs_path = where.child("archs.parquet")
+    if archs_path.exists():
+        sources = set(tables.read_table("archs", archs_path).column("source").to_pylist())
+        named = [s for s in sources if s in benchmarks]
+        if len(named) == 1:
+            primary = benchmarks.get(named[0]).primary_target
+    metrics = list(dict.fromkeys(scores.column("metric").to_pylist()))
+    return EvaluationInputs(where, scores, truth, primary, metrics)
+
+
+def _method_members(methods: list[str] | None) -> tuple[str, ...]:
+    """The metrics that `methods` (metric names or ensembles) read, in order."""
+    from tfnas_ray.analysis.ranking import parse_method
+
+    return tuple(dict.fromkeys(m for name in methods or () for m in parse_method(name).members))
+
+
+@dataclass
+class SearchEvalResult:
+    table: pa.Table
+    path: Location
+    inputs: EvaluationInputs
+
+    def report(self) -> str:
+        from tfnas_ray.analysis.search_eval import format_search_eval
+
+        return format_search_eval(self.table)
+
+
+def evaluate_search_run(
+    source: str,
+    methods: list[str] | None = None,
+    *,
+    target: str | None = None,
+    search: SearchEvalConfig | None = None,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    out: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SearchEvalResult:
+    """`tfnas evaluate-search`: each method (metric or `ensemble:a+b`; default every
+    metric of the run) as a search method over Monte-Carlo pools, against random and the
+    oracle; writes the search_eval table to `out` (default DIR/search_eval.parquet)."""
+    from tfnas_ray.analysis.aligned import align
+    from tfnas_ray.analysis.search_eval import SearchEvalConfig, evaluate_search
+
+    config = dataclasses.replace(config, metrics=_method_members(methods) or config.metrics)
+    inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
+    methods = methods or inputs.metrics
+    data = align(inputs.scores, inputs.truth, target or inputs.primary_target, metrics=list(_method_members(methods)))
+    table = evaluate_search(data, methods, directions(), search or SearchEvalConfig())
+    path = locate(out) if out is not None else inputs.out.child("search_eval.parquet")
+    tables.write_table("search_eval", table, path)
+    return SearchEvalResult(table, path, inputs)
+
+
+def ensemble_run(
+    source: str,
+    *,
+    metrics: list[str] | None = None,
+    fixed: list[str] | None = None,
+    target: str | None = None,
+    cv: EnsembleConfig | None = None,
+    config: ScoreConfig = PAPER_PROTOCOL,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EnsembleResult:
+    """`tfnas ensemble`: cross-validated choice of the best rank ensemble and the best
+    single metric among `metrics` (default every metric of the run), plus each `fixed`
+    method on the same held-out folds. Returns an `analysis.ensemble.EnsembleResult`."""
+    from tfnas_ray.analysis.aligned import align
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, cross_validate, evaluate_fixed
+
+    config = dataclasses.replace(config, metrics=_method_members((metrics or []) + (fixed or [])) or config.metrics)
+    inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
+    chosen_from = metrics or inputs.metrics
+    data = align(inputs.scores, inputs.truth, target or inputs.primary_target, metrics=list(_method_members(chosen_from + (fixed or []))))
+    columns = {m: data.columns[m] for m in chosen_from}
+    pool = dataclasses.replace(data, columns=columns)
+    result = cross_validate(pool, directions(), cv or EnsembleConfig())
+    # Fixed methods involve no choice; evaluated on the very same held-out folds.
+    result.outcomes += evaluate_fixed(data, directions(), result.folds, fixed or [])
+    return result

@@ -10,7 +10,10 @@ shards of several plans (a rerun with another seed, corpus or shard size into th
     read_scores("runs/x/scores", plan="3fa2…")  # a chosen one
 
 A directory without any manifest (written before manifests existed, or by hand) is
-read whole, as before.
+read whole, as before. A stability run (`--init-seeds`, `--batches`) scores one plan per
+(seed, minibatch) on purpose; it also writes `study-<id>.json` naming those plans, and
+a reader that picks one of them reads the whole study: the rows stay apart by their
+`seed` and `batch` columns, never averaged into an unrelated plan.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tfnas_ray.errors import TfnasError
 from tfnas_ray.storage import Location, locate
 
 PREFIX = "plan-"
+STUDY_PREFIX = "study-"
 SUFFIX = ".json"
 
 
@@ -64,6 +68,28 @@ def write_manifest(out: Location, identity: Mapping[str, Any], shard_names: Sequ
         body = {"plan": plan.plan_id, "identity": plan.identity, "shards": list(plan.shards), "created": plan.created}
         where.write_bytes(json.dumps(body, indent=1, sort_keys=True).encode())
     return plan
+
+
+def write_study(out: Location, plan_ids: Sequence[str]) -> str:
+    """Record that `plan_ids` are the (seed, minibatch) runs of one stability study."""
+    study = hashlib.sha256(json.dumps(sorted(plan_ids)).encode()).hexdigest()[:16]
+    where = out.child(f"{STUDY_PREFIX}{study}{SUFFIX}")
+    if not where.exists():
+        where.write_bytes(json.dumps({"study": study, "plans": list(plan_ids)}, indent=1).encode())
+    return study
+
+
+def studies_in(directory: Location) -> list[tuple[str, ...]]:
+    """The plan ids of every stability study recorded in `directory`."""
+    found = []
+    for file in directory.files(SUFFIX):
+        if not file.name.startswith(STUDY_PREFIX):
+            continue
+        try:
+            found.append(tuple(str(p) for p in json.loads(file.read_bytes())["plans"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise TfnasError(f"{file.url} is not a study manifest ({type(err).__name__}: {err})".splitlines()[0]) from None
+    return found
 
 
 def plans_in(directory: Location) -> list[Plan]:
@@ -107,16 +133,23 @@ def read_scores(path: str | os.PathLike | Location, *, plan: str | None = None, 
             known = ", ".join(p.plan_id for p in plans)
             raise TfnasError(f"--plan {plan!r} {'matches no' if not matches else 'matches several'} plan of {where.url}; its plans: {known}")
         chosen = matches[0]
+    group = [chosen]
+    if plan is None:  # the newest plan of a stability study brings its sibling runs
+        for study in studies_in(where):
+            if chosen.plan_id in study:
+                group = [p for p in plans if p.plan_id in study]
+    wanted = [name for p in group for name in p.shards]
     present = {f.name for f in where.files(".parquet")}
-    files = [where.child(name) for name in chosen.shards if name in present]
+    files = [where.child(name) for name in wanted if name in present]
     if not files:
         raise TfnasError(f"{where.url}: none of the {len(chosen.shards)} shards of {chosen.describe()} is there yet")
-    others = [p for p in plans if p is not chosen]
+    others = [p for p in plans if p not in group]
     strays = present - {name for p in plans for name in p.shards}
-    if others or strays or len(files) < len(chosen.shards):
-        notes = [f"{where.url}: reading only {chosen.describe()}"]
-        if len(files) < len(chosen.shards):
-            notes.append(f"{len(chosen.shards) - len(files)} of its shards are missing (an unfinished run)")
+    if others or strays or len(files) < len(wanted):
+        what = chosen.describe() if len(group) == 1 else f"the {len(group)} plans of one stability study"
+        notes = [f"{where.url}: reading only {what}"]
+        if len(files) < len(wanted):
+            notes.append(f"{len(wanted) - len(files)} of its shards are missing (an unfinished run)")
         if others:
             notes.append(f"ignoring {len(others)} other plan(s): " + "; ".join(p.describe() for p in others) + " (choose one with --plan ID)")
         if strays:

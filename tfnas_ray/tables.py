@@ -43,6 +43,7 @@ SCORES = pa.schema(
         pa.field("device", pa.string()),  # "cpu", "cuda:0", …
         pa.field("version", pa.string()),  # tfnas_ray.__version__
         pa.field("protocol", pa.string()),  # nb-nlp paper columns: "released" | "published"
+        pa.field("batch", pa.int64()),  # index of the metric minibatch (`--batches`); null = 0
     ]
 )
 
@@ -72,6 +73,26 @@ CORRELATIONS = pa.schema(
         pa.field("spearman_hi", pa.float64()),
         pa.field("pearson_r", pa.float64()),
         pa.field("direction", pa.string()),  # the metric's declared direction, if known
+        # Stability (`--init-seeds S --batches B`), null where S or B is 1:
+        pa.field("tau_between_seeds", pa.float64()),  # mean Kendall τ between seeds, same batch
+        pa.field("tau_between_batches", pa.float64()),  # mean Kendall τ between batches, same seed
+        pa.field("tau_seed_averaged", pa.float64()),  # τ vs target of the mean over seeds (batch 0)
+    ]
+)
+
+# `tfnas evaluate-search`: one row per (method, pool size, keep) of a Monte-Carlo over
+# pools of architectures (analysis.search_eval states the conventions in the metadata).
+SEARCH_EVAL = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),  # a metric, ensemble:a+b, "random" or "oracle"
+        pa.field("pool_size", pa.int64(), nullable=False),  # P architectures per pool
+        pa.field("keep", pa.int64(), nullable=False),  # K picked per pool; the best of them counts
+        pa.field("regret", pa.float64()),  # mean over pools of (pool's best − best pick), target units, >= 0
+        pa.field("regret_lo", pa.float64()),  # 2.5% quantile of the per-pool regret
+        pa.field("regret_hi", pa.float64()),  # 97.5% quantile of the per-pool regret
+        pa.field("percentile", pa.float64()),  # mean percentile of the best pick in its pool (100 = best)
+        pa.field("top10_overlap", pa.float64()),  # mean share of the metric's top 10% in the truth's top 10%
+        pa.field("target", pa.string(), nullable=False),
     ]
 )
 
@@ -80,6 +101,7 @@ SCHEMAS: Mapping[str, pa.Schema] = {
     "scores": SCORES,
     "truth": TRUTH,
     "correlations": CORRELATIONS,
+    "search_eval": SEARCH_EVAL,
 }
 
 

@@ -92,12 +92,13 @@ def load_tokenizer() -> Tokenizer:
     return _empty_tokenizer({token: i for i, token in enumerate(vocabulary())})
 
 
-def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "train") -> dict[str, torch.Tensor]:
+def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "train", index: int = 0) -> dict[str, torch.Tensor]:
     """The fixed nb-bert metric minibatch: `batch_size` sequences `[CLS] w… [SEP]` of
     `seq_len` tokens, cut one after another from the start of WikiText-2 `split`.
 
     Lines are encoded in order and their tokens concatenated; sequence i holds tokens
-    [i·(seq_len−2), (i+1)·(seq_len−2)) of that stream. No padding, so the attention mask
+    [(index·batch_size + i)·(seq_len−2), (index·batch_size + i + 1)·(seq_len−2)) of that
+    stream: minibatch `index` is the block of sequences right after minibatch index−1. No padding, so the attention mask
     is all ones. The same arguments give the same batch on every machine.
 
     Returns:
@@ -109,8 +110,11 @@ def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "tra
         raise TfnasError(f"batch_size must be >= 2, got {batch_size}")
     if not 3 <= seq_len <= 512:
         raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {seq_len}")
+    if index < 0:
+        raise TfnasError(f"minibatch index must be >= 0, got {index}")
     body = seq_len - 2
-    needed = batch_size * body
+    skip = index * batch_size * body
+    needed = skip + batch_size * body
     tokenizer = load_tokenizer()
     stream: list[int] = []
     for line in _wikitext_lines(split):
@@ -119,7 +123,7 @@ def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "tra
             break
     if len(stream) < needed:
         raise TfnasError(f"WikiText-2 {split} has only {len(stream)} tokens; {needed} needed")
-    ids = torch.tensor(stream[:needed], dtype=torch.long).view(batch_size, body)
+    ids = torch.tensor(stream[skip:needed], dtype=torch.long).view(batch_size, body)
     cls = torch.full((batch_size, 1), CLS, dtype=torch.long)
     sep = torch.full((batch_size, 1), SEP, dtype=torch.long)
     input_ids = torch.cat([cls, ids, sep], dim=1)  # (batch_size, seq_len)

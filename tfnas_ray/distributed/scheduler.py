@@ -405,6 +405,7 @@ def failed_rows(arch_id: str, space: str, metrics, reason: str, config) -> list[
         {
             "arch_id": arch_id, "metric": m, "value": None, "error": reason, "seconds": None,
             "seed": seed, "device": None, "version": score_version(get_metric(m).impl(space)),
+            "batch": int(config.batch_options.get("index", 0)),
         }
         for m in metrics
     ]

@@ -103,6 +103,7 @@ def scorer_class():
                 if not any((row["error"] or "").startswith(CUDA_OUT_OF_MEMORY) for row in rows):
                     for row in rows:
                         row["device"] = self._label
+                        row["batch"] = int(self._batch_options.get("index", 0))  # `--batches`
                     return rows
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

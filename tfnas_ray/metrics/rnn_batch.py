@@ -35,13 +35,17 @@ class NlpBatch:
 
 
 @lru_cache(maxsize=8)
-def _nlp_batch(corpus: str, split: str, bptt: int, batch_size: int, protocol: str) -> NlpBatch:
+def _nlp_batch(corpus: str, split: str, bptt: int, batch_size: int, protocol: str, index: int = 0) -> NlpBatch:
     data = load_corpus(corpus)
     columns = batchify(data.split(split), batch_size)  # (rows, B)
-    if columns.shape[0] < bptt + 1:
-        raise TfnasError(f"split {split!r} of {corpus!r} has {columns.shape[0]} rows, fewer than bptt+1 = {bptt + 1}")
-    tokens = torch.from_numpy(columns[:bptt].copy())
-    targets = torch.from_numpy(columns[1 : bptt + 1].copy())
+    start = index * bptt  # minibatch `index`: the index-th block of bptt consecutive rows
+    if columns.shape[0] < start + bptt + 1:
+        raise TfnasError(
+            f"split {split!r} of {corpus!r} has {columns.shape[0]} rows, fewer than the "
+            f"{start + bptt + 1} that minibatch {index} (rows {start}..{start + bptt}) needs"
+        )
+    tokens = torch.from_numpy(columns[start : start + bptt].copy())
+    targets = torch.from_numpy(columns[start + 1 : start + bptt + 1].copy())
     return NlpBatch(tokens=tokens, targets=targets, model_options={"ntoken": data.ntoken}, protocol=protocol)
 
 
@@ -50,9 +54,11 @@ def nlp_batch(options: Mapping[str, Any]) -> NlpBatch:
     """The paper's minibatch: the first 70 rows of PTB test batchified into 50 columns.
 
     Options (all optional): corpus ("ptb" | "wikitext-2"), split, bptt (70), batch_size (50),
-    protocol ("released" | "published").
+    protocol ("released" | "published"),
+    index (0): minibatch `index` is rows [index·bptt, (index+1)·bptt) of the batchified
+    split, the next block after minibatch index−1 (`--batches`); 0 is the paper's.
     """
-    known = {"corpus", "split", "bptt", "batch_size", "protocol"}
+    known = {"corpus", "split", "bptt", "batch_size", "protocol", "index"}
     unknown = set(options) - known
     if unknown:
         raise TfnasError(f"unknown nb-nlp batch option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -65,4 +71,5 @@ def nlp_batch(options: Mapping[str, Any]) -> NlpBatch:
         int(options.get("bptt", 70)),
         int(options.get("batch_size", 50)),
         protocol,
+        int(options.get("index", 0)),
     )

@@ -47,17 +47,18 @@ JACOB_K = 1e-5  # the authors' regulariser in −Σ[log(λ+k) + 1/(λ+k)]
 
 
 @lru_cache(maxsize=4)
-def _cached_batch(batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+def _cached_batch(batch_size: int, seq_len: int, index: int = 0) -> dict[str, torch.Tensor]:
     from tfnas_ray.data.tokenizer import metric_batch
 
-    return metric_batch(batch_size=batch_size, seq_len=seq_len)
+    return metric_batch(batch_size=batch_size, seq_len=seq_len, index=index)
 
 
 @register_batch(SPACE)
 def nb_bert_batch(options: Mapping) -> dict[str, torch.Tensor]:
     """The metric minibatch: `batch_size` (128) WikiText-2 sequences of `seq_len` (128)
-    WordPiece tokens, fixed (cached per process). The tensors are shared: do not mutate."""
-    return _cached_batch(int(options.get("batch_size", 128)), int(options.get("seq_len", 128)))
+    WordPiece tokens, fixed (cached per process). The tensors are shared: do not mutate.
+    Option `index` (0): the index-th block of `batch_size` consecutive sequences (`--batches`)."""
+    return _cached_batch(int(options.get("batch_size", 128)), int(options.get("seq_len", 128)), int(options.get("index", 0)))
 
 
 # ---- the passes ------------------------------------------------------------------------

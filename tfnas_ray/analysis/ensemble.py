@@ -1,0 +1,273 @@
+"""Choosing a rank ensemble of metrics by k-fold cross-validation, reporting only
+out-of-fold figures.
+
+A choice made on the architectures one then reports on overfits: with enough candidate
+ensembles, one of pure noise correlates with anything in-sample. Here the architectures
+are split into k folds (seeded); for each fold the candidate with the highest Kendall τ
+on the *other* folds is chosen, and only its τ and ρ on the held-out fold are reported.
+Two procedures are cross-validated this way: "best ensemble" (among ensembles of 2 or
+more metrics) and "best single metric"; which wins is a comparison of out-of-fold figures.
+The mean over folds estimates how well the procedure ("choose the best ensemble") does
+on architectures it has not seen. The ensemble the procedure picks on all architectures
+is named, but its in-sample τ is never reported.
+
+Candidates: every metric alone (in its declared direction), and every subset of 2 to
+`max_members` metrics with weights from a small grid (`ranking`'s rank ensembles:
+weighted mean of per-metric ranks). Ranks are taken within the architectures being
+scored (the training folds when choosing, the held-out fold when reporting), as a user
+ranks the candidates they have. τ is signed against quality oriented higher-is-better
+(a loss negated), so a good predictor has τ > 0 on every target.
+
+Only metrics with a value on at least `min_coverage` of the architectures take part,
+and only architectures with a value of every such metric (NaN has no rank).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from tfnas_ray.analysis.aligned import Aligned
+from tfnas_ray.analysis.ranking import Method, ensemble_name, merit, method_merit, parse_method, ranks
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.metrics import Direction
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Attributes:
+        folds: k of the k-fold split over architectures.
+        seed: seed of the split.
+        max_members: largest ensemble tried.
+        weights: the weight grid of each member (weight tuples equal up to a factor are
+            tried once).
+        min_coverage: share of architectures a metric needs a value on to take part.
+    """
+
+    folds: int = 5
+    seed: int = 0
+    max_members: int = 3
+    weights: tuple[float, ...] = (1.0, 2.0)
+    min_coverage: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise TfnasError(f"--folds must be >= 2, got {self.folds}")
+        if self.max_members < 1:
+            raise TfnasError(f"--max-members must be >= 1, got {self.max_members}")
+        if not self.weights or any(not w > 0 for w in self.weights):
+            raise TfnasError(f"weights must be positive, got {self.weights}")
+        if not 0 < self.min_coverage <= 1:
+            raise TfnasError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+
+
+def candidates(metrics: Sequence[str], *, max_members: int = 3, weights: Sequence[float] = (1.0, 2.0)) -> list[Method]:
+    """Every metric alone, then every ensemble of 2..max_members of them with weights
+    from the grid, smallest first (so a tie in τ goes to the simpler candidate)."""
+    out = [parse_method(m) for m in metrics]
+    for size in range(2, max_members + 1):
+        for members in itertools.combinations(metrics, size):
+            seen = set()
+            for ws in itertools.product(weights, repeat=size):
+                key = tuple(round(w / min(ws), 9) for w in ws)  # equal up to a factor: once
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append(parse_method(ensemble_name(members, key)))
+    return out
+
+
+def kendall_tau_b_many(x: np.ndarray, y: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+    """Kendall's τ-b of each row of `x` (c, n) against `y` (n,), exactly as
+    scipy.stats.kendalltau(row, y, variant="b"): Σ sign(Δx)·sign(Δy) over pairs divided
+    by √(pairs untied in x · pairs untied in y). NaN where a side is constant."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    y = np.asarray(y, dtype=np.float64)
+    i, j = np.triu_indices(y.size, k=1)
+    sy = np.sign(y[j] - y[i]).astype(np.float32)
+    untied_y = np.count_nonzero(sy)
+    out = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], chunk):
+        sx = np.sign(x[start : start + chunk, j] - x[start : start + chunk, i]).astype(np.float32)
+        concordance = sx @ sy  # integer-valued, exact in float32 below 2^24 pairs
+        untied_x = np.count_nonzero(sx, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + chunk] = concordance / np.sqrt(untied_x.astype(np.float64) * untied_y)
+    out[~np.isfinite(out)] = math.nan
+    return out
+
+
+class _Scorer:
+    """The merits of every candidate over a subset of architectures, ranked within it."""
+
+    def __init__(self, methods: Sequence[Method], columns: Mapping[str, np.ndarray], directions: Mapping[str, Direction | str]):
+        self.methods = list(methods)
+        self.metrics = list(columns)
+        self.columns = columns
+        self.directions = directions
+        position = {m: i for i, m in enumerate(self.metrics)}
+        self.singles = np.array([not m.is_ensemble for m in self.methods])
+        self.weights = np.zeros((len(self.methods), len(self.metrics)))
+        for row, method in enumerate(self.methods):
+            total = sum(method.weights)
+            for member, weight in zip(method.members, method.weights):
+                self.weights[row, position[member]] = weight / total
+
+    def merits(self, rows: np.ndarray) -> np.ndarray:
+        """(candidates, len(rows)): a single metric's oriented value, or the weighted
+        mean of ranks within `rows` (ranking.method_merit on that subset)."""
+        oriented = np.stack([merit(self.columns[m][rows], self.directions[m]) for m in self.metrics])
+        ranked = np.stack([ranks(v) for v in oriented])
+        out = self.weights @ ranked
+        # A single metric keeps its values (the same order as its ranks; τ is identical).
+        single_rows = np.flatnonzero(self.singles)
+        out[single_rows] = self.weights[single_rows] @ oriented
+        return out
+
+
+@dataclass
+class CvOutcome:
+    """One selection procedure, cross-validated.
+
+    Attributes:
+        name: "best ensemble" or "best single metric" (or a fixed method's name).
+        chosen: per fold, the method chosen on the other folds.
+        tau / rho: per fold, Kendall τ-b / Spearman ρ of the chosen method on the held-out
+            fold (the only figures reported).
+        final: the method the procedure picks on all architectures (no figure of its own).
+    """
+
+    name: str
+    chosen: list[str]
+    tau: list[float]
+    rho: list[float]
+    final: str
+
+    @property
+    def tau_mean(self) -> float:
+        return float(np.mean(self.tau))
+
+    @property
+    def rho_mean(self) -> float:
+        return float(np.mean(self.rho))
+
+
+@dataclass
+class EnsembleResult:
+    target: str
+    n: int  # architectures taking part
+    metrics: list[str]  # metrics taking part
+    dropped: dict[str, float] = field(default_factory=dict)  # metric -> coverage, too low
+    candidates: int = 0
+    folds: list[np.ndarray] = field(default_factory=list)  # held-out indices into the aligned arrays
+    kept: np.ndarray | None = None  # indices into Aligned of the architectures taking part
+    outcomes: list[CvOutcome] = field(default_factory=list)
+
+
+def _held_out(method: Method, data: Aligned, rows: np.ndarray, directions) -> tuple[float, float]:
+    """τ-b and ρ of `method` on `rows` alone, ranks within them: the reported figures."""
+    rows = rows[np.all([np.isfinite(data.columns[m][rows]) for m in method.members], axis=0)]  # a fixed method's failures
+    columns = {m: data.columns[m][rows] for m in method.members}
+    values = method_merit(method, columns, directions)
+    quality = data.quality[rows]
+    return float(stats.kendalltau(values, quality, variant="b").statistic), float(stats.spearmanr(values, quality).statistic)
+
+
+def cross_validate(
+    data: Aligned,
+    directions: Mapping[str, Direction | str],
+    config: EnsembleConfig = EnsembleConfig(),
+    *,
+    fixed: Sequence[str] = (),
+) -> EnsembleResult:
+    """Cross-validate "choose the best ensemble" and "choose the best single metric" (and
+    evaluate each `fixed` method, which involves no choice, on the same held-out folds).
+
+    Raises:
+        TfnasError: fewer than 2 usable metrics, or fewer architectures than 3 per fold.
+    """
+    n_all = len(data.arch_ids)
+    coverage = {m: float(np.isfinite(v).mean()) for m, v in data.columns.items()}
+    metrics = [m for m, c in coverage.items() if c >= config.min_coverage and m in directions]
+    dropped = {m: c for m, c in coverage.items() if m not in metrics}
+    if not metrics:
+        raise TfnasError(f"no metric has values on {config.min_coverage:.0%} of the {n_all} architectures; coverage: {coverage}")
+    kept = np.flatnonzero(np.all([np.isfinite(data.columns[m]) for m in metrics], axis=0))
+    if kept.size < 3 * config.folds:
+        raise TfnasError(f"--folds {config.folds} needs at least {3 * config.folds} architectures with every metric, have {kept.size}")
+    methods = candidates(metrics, max_members=min(config.max_members, len(metrics)), weights=config.weights)
+    scorer = _Scorer(methods, {m: data.columns[m] for m in metrics}, directions)
+    order = kept[np.random.default_rng(config.seed).permutation(kept.size)]
+    folds = [np.sort(f) for f in np.array_split(order, config.folds)]
+
+    # "Best ensemble" chooses among ensembles of 2+ metrics (among all candidates when
+    # there is one metric), "best single metric" among single metrics: which wins is
+    # then a comparison of two out-of-fold figures.
+    ensembles = ~scorer.singles if (~scorer.singles).any() else np.ones(len(methods), dtype=bool)
+
+    def choose(rows: np.ndarray, singles_only: bool) -> Method:
+        allowed = scorer.singles if singles_only else ensembles
+        taus = kendall_tau_b_many(scorer.merits(rows)[allowed], data.quality[rows])
+        taus = np.where(np.isnan(taus), -np.inf, taus)
+        return [m for m, a in zip(methods, allowed) if a][int(np.argmax(taus))]  # first of the best: simplest
+
+    outcomes = []
+    size = min(config.max_members, len(metrics))
+    ensemble_label = f"best ensemble (2..{size} metrics)" if size >= 2 else "best ensemble (one metric only)"
+    for name, singles_only in ((ensemble_label, False), ("best single metric", True)):
+        chosen, taus, rhos = [], [], []
+        for f, test in enumerate(folds):
+            train = np.sort(np.concatenate([g for h, g in enumerate(folds) if h != f]))
+            method = choose(train, singles_only)
+            tau, rho = _held_out(method, data, test, directions)
+            chosen.append(method.name)
+            taus.append(tau)
+            rhos.append(rho)
+        outcomes.append(CvOutcome(name, chosen, taus, rhos, final=choose(kept, singles_only).name))
+    outcomes += evaluate_fixed(data, directions, folds, fixed)
+    return EnsembleResult(
+        target=data.target, n=int(kept.size), metrics=metrics, dropped=dropped, candidates=len(methods), folds=folds, kept=kept, outcomes=outcomes
+    )
+
+
+def evaluate_fixed(data: Aligned, directions: Mapping[str, Direction | str], folds: Sequence[np.ndarray], names: Sequence[str]) -> list[CvOutcome]:
+    """Methods that involve no choice (`ensemble:params+head_confidence`), on the same
+    held-out folds, so that their figures compare with the procedures'. Architectures
+    where a member failed are left out of that fold's figure."""
+    outcomes = []
+    for name in names:
+        method = parse_method(name)
+        figures = [_held_out(method, data, test, directions) for test in folds]
+        outcomes.append(CvOutcome(f"{name} (fixed)", [name] * len(folds), [t for t, _ in figures], [r for _, r in figures], final=name))
+    return outcomes
+
+
+def format_ensemble(result: EnsembleResult) -> str:
+    k = len(result.folds)
+    lines = [
+        f"target {result.target}: {result.n} architectures, {len(result.metrics)} metrics, {result.candidates} candidates, "
+        f"{k}-fold cross-validation; every τ and ρ below is out-of-fold (mean over the {k} held-out folds, ± sd)",
+    ]
+    if result.dropped:
+        lines.append("left out (values on too few architectures): " + ", ".join(f"{m} ({c:.0%})" for m, c in result.dropped.items()))
+    header = f"{'procedure / method':40s} {'τ out-of-fold':>18s} {'ρ out-of-fold':>18s}  picked on all architectures"
+    lines += [header, "-" * len(header)]
+    for o in result.outcomes:
+        tau_sd, rho_sd = float(np.std(o.tau, ddof=1)), float(np.std(o.rho, ddof=1))
+        lines.append(f"{o.name:40s} {o.tau_mean:+8.3f} ± {tau_sd:6.3f}  {o.rho_mean:+8.3f} ± {rho_sd:6.3f}  {o.final}")
+    lines.append("")
+    lines.append("chosen per fold (on the other folds):")
+    for o in result.outcomes[:2]:
+        lines.append(f"  {o.name}: " + "; ".join(f"{c} (τ {t:+.3f})" for c, t in zip(o.chosen, o.tau)))
+    ensemble, single = result.outcomes[:2]
+    if ensemble.tau_mean == single.tau_mean:
+        lines.append(f"no winner: both procedures have out-of-fold τ {single.tau_mean:+.3f}")
+    else:
+        best = max((ensemble, single), key=lambda o: o.tau_mean)
+        lines.append(f"winner, out-of-fold τ: {best.name} ({best.tau_mean:+.3f} vs {min(ensemble.tau_mean, single.tau_mean):+.3f})")
+    return "\n".join(lines)
