@@ -39,6 +39,15 @@ class StepRecorder(Protocol):
         """Called with every activation node's output (B, H)."""
 
 
+# A recorder may also define
+#     projection(layer, source, inputs, projected) -> None
+# called with every fused matmul of the layer: `inputs` (N, in) @ Wᵀ = `projected`
+# (N, n·H), W the weights of `RecurrentLayer.readers(source)` stacked in that order;
+# source "x" is the all-steps input projection (N = T·B), any other is one step's node
+# (N = B). Metrics that need weight gradients of one part of a batch take them from
+# there (Σ_N gradᵀ·inputs) instead of having autograd form every weight's gradient.
+
+
 class MultiLinear(nn.Module):
     """Σ_j W_j·in_j + b, one weight per input (the reference's linear node).
 
@@ -100,6 +109,12 @@ class RecurrentLayer(nn.Module):
                 else:
                     self._readers.setdefault(source, []).append((node.name, j))
 
+    def readers(self, source: str) -> list[tuple[str, int, nn.Parameter]]:
+        """(node, input position, weight) of every linear input that reads `source`
+        ("x" or a node), in the row order of that source's fused projection."""
+        pairs = self._x_readers if source == "x" else self._readers.get(source, [])
+        return [(node, j, self.linears[_key(node)].weights[j]) for node, j in pairs]
+
     def _weight(self, node: str, j: int) -> torch.Tensor:
         weight = self.linears[_key(node)].weights[j]
         if self.recipe.node(node).inputs[j] != "x" and self.weight_drop and self.training:
@@ -122,12 +137,17 @@ class RecurrentLayer(nn.Module):
         T, B, _ = inputs.shape
         H = self.hidden_size
         recipe = self.recipe
+        project = getattr(recorder, "projection", None)
 
         # All steps' x-projections in one matmul: (T·B, I) @ (I, n·H) -> (T, B, n·H).
         x_slices: dict[str, list[tuple[torch.Tensor, ...]]] = {}  # node -> per input, T steps
         if self._x_readers:
             weights = torch.cat([self._weight(n, j) for n, j in self._x_readers], dim=0)
-            projected = (inputs.reshape(T * B, -1) @ weights.t()).view(T, B, len(self._x_readers), H)
+            flat = inputs.reshape(T * B, -1)
+            projected = flat @ weights.t()  # (T·B, n·H)
+            if project is not None:
+                project(layer_index, "x", flat, projected)
+            projected = projected.view(T, B, len(self._x_readers), H)
             for position, (node, _) in enumerate(self._x_readers):
                 # unbind once: the backward of T separate step slices would zero-fill a
                 # full (T, B, H) gradient per step (quadratic in T); unbind's is one stack.
@@ -149,7 +169,10 @@ class RecurrentLayer(nn.Module):
                 values[name] = value
                 readers = self._readers.get(name)
                 if readers:
-                    projected = (value @ source_weights[name]).view(B, len(readers), H)
+                    projected = value @ source_weights[name]  # (B, n·H)
+                    if project is not None:
+                        project(layer_index, name, value, projected)
+                    projected = projected.view(B, len(readers), H)
                     for (node, _), chunk in zip(readers, projected.unbind(1)):
                         partial.setdefault(node, []).append(chunk)
 
