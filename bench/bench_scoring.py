@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="archs/s with 1 and with 2 concurrent workers")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(1)  # the roofline is one core's, like each scorer's
     sets = args.sets.split(",")
     unknown = set(sets) - set(SETS)
     if unknown:

@@ -9,9 +9,7 @@ source node, (B, H) @ (H, n_s·H). Elementwise work is not counted (it is not ma
 Work counted per column set (T = 70, B = 50, the paper's batch):
   hidden_cov: one forward of layer 1 at B, plus the correlation of its H units over
       the B·T observations (2·H²·B·T, float64);
-  paper: the forward of the 5 column blocks (5B rows), the input-gradient backward of
-      the same products (one matmul each), and the weight gradients of block 1 only
-      (Σ_rows ∂projᵀ·input), plus one float64 correlation per layer for hidden_cov_l1–3.
+  paper: see `paper_work` (the protocol as the CPU path runs it).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from tfnas_ray.spaces.nasbench_nlp.model import LMConfig
 from tfnas_ray.spaces.nasbench_nlp.recipe import parse_recipe
 
 T, B = 70, 50
-PAPER_BLOCKS = 5
 
 
 @dataclass(frozen=True)
@@ -68,11 +65,15 @@ def hidden_cov_work(spec: str) -> Work:
 
 
 def paper_work(spec: str) -> Work:
-    forward = _layer_shapes(spec, 3, PAPER_BLOCKS * B)
-    shapes = forward + forward  # the backward: one input-gradient product per forward one
-    for (m, k, n, dtype), count in _layer_shapes(spec, 3, B).items():
-        # weight gradients of block 1: (n·H, rows) @ (rows, in) over all rows at once
-        shapes[(n, m * count, k, dtype)] += 1
+    """The paper pass as the CPU runs it: 4 forwards of B columns (clean, 3 noised),
+    5 input-gradient backwards (the clean graph twice: ones and y), the weight
+    gradients of pass 4 over all T·B rows at once, and 3 float64 correlations."""
+    one = _layer_shapes(spec, 3, B)
+    shapes: Counter = Counter()
+    for shape, count in one.items():
+        shapes[shape] += (4 + 5) * count  # every backward product has its forward's shape
+    for (m, k, n, dtype), count in one.items():
+        shapes[(n, m * count, k, dtype)] += 1  # ∂W = ∂projᵀ (n·H, T·B) @ input (T·B, in)
     for _, hidden in LMConfig(ntoken=10_000).layer_sizes():
         shapes[(hidden, B * T, hidden, "float64")] += 1
     return Work(shapes)

@@ -105,7 +105,8 @@ class _GraphRecorder(_StepRecorder):
         self._weight_parts: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def hidden(self, layer: int, step: int, h: torch.Tensor) -> torch.Tensor:
-        self.states.append((layer, step, h))
+        # Detached: a kept state must not keep the graph (and the hooks' tensors) alive.
+        self.states.append((layer, step, h.detach()))
         if step > 0 and h.requires_grad:  # the zero initial state adds |0 ⊙ ∂h| = 0
             h.register_hook(self._saliency_hook(h.detach()))
         return h
@@ -160,6 +161,7 @@ class _GraphRecorder(_StepRecorder):
                 grad_rows = torch.cat([g for g, _ in parts])  # (N, n·H)
                 input_rows = torch.cat([x for _, x in parts])  # (N, in)
                 grads[key] = grad_rows.t() @ input_rows
+        self._weight_parts = {}  # read once; the rows are freed
         return grads
 
 
@@ -306,26 +308,38 @@ def paper_passes(model, tokens: torch.Tensor, seed: int, *, batched: bool) -> Pa
 
     first = slice(0, B)
     if batched:
-        synflow_rows = slice(B, 2 * B)
         recorder, (grad,) = _run_graph(
-            model, torch.cat([clean, clean, *noisy], dim=1), [_Backward(y_rows=synflow_rows)], code_rows=first
+            model, torch.cat([clean, clean, *noisy], dim=1), [_Backward(y_rows=slice(B, 2 * B))], code_rows=first
         )
         blocks = [grad[:, i * B : (i + 1) * B] for i in range(2 + len(noisy))]
-        jacobian, embedding_grad, noisy_grads = blocks[0], blocks[1], blocks[2:]
-        recorders = [recorder]
+        jacobian, noisy_grads = blocks[0], blocks[2:]
+        synaptic = _synaptic_saliency(model, recorder, tokens, blocks[1])
+        hidden_saliency = recorder.hidden_saliency
     else:
         recorder, (jacobian, embedding_grad) = _run_graph(
             model, clean, [_Backward(), _Backward(y_rows=first)], code_rows=first
         )
-        recorders, noisy_grads = [recorder], []
+        synaptic = _synaptic_saliency(model, recorder, tokens, embedding_grad)  # frees ∂W's parts
+        hidden_saliency, noisy_grads = recorder.hidden_saliency, []
         for inputs in noisy:
             noisy_recorder, (grad,) = _run_graph(model, inputs, [_Backward()], code_rows=None)
-            recorders.append(noisy_recorder)
+            hidden_saliency += noisy_recorder.hidden_saliency
             noisy_grads.append(grad)
 
-    # Synaptic saliency: every linear node's weights but its first (PAPER_METRICS.md),
-    # then the tied decoder, whose gradient is the embedding's: pass 4's ∂/∂e summed
-    # into the rows of the tokens read (float32, as the embedding's backward does).
+    return PaperPasses(
+        states={layer + 1: recorder.layer_states(layer, first) for layer in range(len(model.layers))},
+        jacobian=jacobian.cpu().numpy(),
+        noisy_jacobians={a: g.cpu().numpy() for a, g in zip(NOISE_SCALES, noisy_grads)},
+        kernel=(2 * recorder.kernel).cpu().numpy(),  # passes 1 and 2: the same codes twice
+        synaptic_saliency=synaptic,
+        hidden_saliency=hidden_saliency,
+    )
+
+
+def _synaptic_saliency(model, recorder: _GraphRecorder, tokens: torch.Tensor, embedding_grad: torch.Tensor) -> float:
+    """Σ|W ⊙ ∂W| over every linear node's weights but its first (PAPER_METRICS.md), then
+    the tied decoder, whose gradient is the embedding's: pass 4's ∂/∂e (T, B, E) summed
+    into the rows of the tokens read (float32, as the embedding's backward does)."""
     synaptic = 0.0
     for (layer, source), grad in recorder.weight_gradients().items():
         readers = model.layers[layer].readers(source)
@@ -334,18 +348,9 @@ def paper_passes(model, tokens: torch.Tensor, seed: int, *, batched: bool) -> Pa
             if j > 0:
                 synaptic += float((weight * grad[i * rows : (i + 1) * rows]).abs().sum())
     used, where = torch.unique(tokens.reshape(-1), return_inverse=True)
-    rows_grad = torch.zeros(len(used), clean.shape[-1], device=clean.device)
-    rows_grad.index_add_(0, where, embedding_grad.reshape(T * B, -1))
-    synaptic += float((model.decoder.weight[used].double() * rows_grad.double()).abs().sum())
-
-    return PaperPasses(
-        states={layer + 1: recorder.layer_states(layer, first) for layer in range(len(model.layers))},
-        jacobian=jacobian.cpu().numpy(),
-        noisy_jacobians={a: g.cpu().numpy() for a, g in zip(NOISE_SCALES, noisy_grads)},
-        kernel=(2 * recorder.kernel).cpu().numpy(),  # passes 1 and 2: the same codes twice
-        synaptic_saliency=synaptic,
-        hidden_saliency=sum(r.hidden_saliency for r in recorders),
-    )
+    rows_grad = torch.zeros(len(used), embedding_grad.shape[-1], device=embedding_grad.device)
+    rows_grad.index_add_(0, where, embedding_grad.reshape(-1, embedding_grad.shape[-1]))
+    return synaptic + float((model.decoder.weight[used].double() * rows_grad.double()).abs().sum())
 
 
 @register_pass(SPACE, "paper")
