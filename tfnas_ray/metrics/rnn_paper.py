@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tfnas_ray.metrics import (
     Direction,
@@ -35,7 +36,10 @@ from tfnas_ray.metrics.common import (
     log_abs_det,
 )
 from tfnas_ray.metrics import rnn_batch  # noqa: F401 — registers the nb-nlp batch
-from tfnas_ray.spaces.nasbench_nlp.model import count_parameters
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.spaces.nasbench_nlp import PTB_VOCABULARY
+from tfnas_ray.spaces.nasbench_nlp.model import LMConfig, initial_layers
+from tfnas_ray.spaces.nasbench_nlp.recipe import parse_recipe
 
 SPACE = "nb-nlp"
 NOISE_SCALES = (0.1, 10.0, 100.0)
@@ -263,12 +267,30 @@ class PaperPasses:
 @register_pass(SPACE, "hidden_states")
 def hidden_states_pass(ctx: MetricContext) -> dict[int, np.ndarray]:
     """A gradient-free eval forward through as many layers as the wanted hidden_cov
-    metrics need; returns layer (1-based) -> (B, H, T) states."""
+    metrics need; returns layer (1-based) -> (B, H, T) states.
+
+    Only those layers and the embedding are built (`initial_layers`: the other draws
+    advance the generator without allocating), under the context's seed as
+    `ctx.model()` would build them; eval mode has no dropout, so the layers run as the
+    model runs them.
+    """
     depth = max([HIDDEN_COV_LAYER[m] for m in ctx.wanted if m in HIDDEN_COV_LAYER] or [1])
-    model = ctx.model().eval()
+    options = {**getattr(ctx.batch, "model_options", {}), **ctx.options}
+    try:
+        config = LMConfig(**{"ntoken": PTB_VOCABULARY, **options})
+    except TypeError as err:
+        raise TfnasError(f"unknown nb-nlp model option: {err}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        embedding, layers = initial_layers(parse_recipe(ctx.spec), config, depth)
+    tokens = ctx.batch.tokens.to(ctx.device)
     recorder = _StepRecorder()
     with torch.no_grad():
-        model(ctx.batch.tokens.to(ctx.device), num_layers=depth, recorder=recorder)
+        x = F.embedding(tokens, embedding.to(ctx.device))
+        for index, layer in enumerate(layers):
+            layer.to(ctx.device).eval()
+            zeros = tuple(x.new_zeros(x.shape[1], layer.hidden_size) for _ in range(layer.recipe.hidden_tuple_size))
+            x, _ = layer(x, zeros, layer_index=index, recorder=recorder)
     return {layer + 1: recorder.layer_states(layer) for layer in range(depth)}
 
 
@@ -302,7 +324,7 @@ def paper_passes(model, tokens: torch.Tensor, seed: int, *, batched: bool) -> Pa
     variance = np.var(clean_np, axis=1, keepdims=True)
     noise = np.random.RandomState(seed).normal(size=clean_np.shape)
     noisy = [
-        torch.tensor((clean_np + scale * variance * noise).astype(np.float32), device=clean.device)
+        torch.tensor((clean_np + scale * variance * noise).astype(clean_np.dtype), device=clean.device)
         for scale in NOISE_SCALES
     ]
 
@@ -348,7 +370,7 @@ def _synaptic_saliency(model, recorder: _GraphRecorder, tokens: torch.Tensor, em
             if j > 0:
                 synaptic += float((weight * grad[i * rows : (i + 1) * rows]).abs().sum())
     used, where = torch.unique(tokens.reshape(-1), return_inverse=True)
-    rows_grad = torch.zeros(len(used), embedding_grad.shape[-1], device=embedding_grad.device)
+    rows_grad = embedding_grad.new_zeros(len(used), embedding_grad.shape[-1])
     rows_grad.index_add_(0, where, embedding_grad.reshape(-1, embedding_grad.shape[-1]))
     return synaptic + float((model.decoder.weight[used].double() * rows_grad.double()).abs().sum())
 
