@@ -7,9 +7,11 @@ in eval mode and one PTB minibatch x (70 × 50):
   3. three noise passes on e + a·var·ε, a ∈ {0.1, 10, 100} → J_a;
   4. synflow pass: zero the gradients, forward, backward of ½‖y‖².
 Every pass records h_prev_0 entering each step (gradient retained) and the binary
-codes of every activation node's output. One `paper` pass runs all four and feeds
-every paper column; `hidden_cov*` alone needs only a gradient-free forward through as
-many layers as its layer, which `hidden_states` runs.
+codes of every activation node's output. One `paper` pass computes what all four
+leave (`paper_passes`: in eval mode passes 1, 2 and 4 are one forward; gradients go to
+the inputs only) and feeds every paper column; `hidden_cov*` alone needs only a
+gradient-free forward through as many layers as its layer, which `hidden_states` runs
+on just those layers.
 
 Shapes: T = 70 steps, B = 50 samples, E = 400, H = hidden size of a layer.
 """
@@ -438,7 +440,7 @@ def _jacobian_scores(passes: PaperPasses, kind: str) -> dict:
     direction=Direction.HIGHER,
     summary="Jacobian covariance: −Σ[log(λ+k)+1/(λ+k)] of corr over samples of ∂(Σy)/∂e (Mellor et al. 2021)",
     needs=("paper",),
-    cost="paper protocol (6 forward, 5 backward)",
+    cost="paper protocol (4 forwards, 5 backwards to the inputs, 1 weight gradient)",
 )
 def jacob_cov(ctx: MetricContext) -> float:
     """Rows of J (B, T·E), one per sample; their correlation's eigen score. The same as
