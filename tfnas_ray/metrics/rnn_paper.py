@@ -105,7 +105,9 @@ class _GraphRecorder(_StepRecorder):
         self.kernel = torch.zeros(
             (code_rows.stop - code_rows.start,) * 2 if code_rows else (0, 0), dtype=torch.float64, device=device
         )
-        self.hidden_saliency = 0.0
+        # Σ|h ⊙ ∂h| in float64 on the device (no host sync per state on a GPU); each
+        # state's float32 sum is added in double, as a Python float sum would.
+        self._saliency = torch.zeros((), dtype=torch.float64, device=device)
         self._codes: list[torch.Tensor] = []  # pending codes, (B, H) bool
         # (layer, source) -> [(∂projection rows, input rows)] of the synflow rows
         self._weight_parts: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -119,9 +121,13 @@ class _GraphRecorder(_StepRecorder):
 
     def _saliency_hook(self, value: torch.Tensor):
         def hook(grad: torch.Tensor) -> None:
-            self.hidden_saliency += float((value * grad).abs().sum())
+            self._saliency += (value * grad).abs().sum().double()
 
         return hook
+
+    @property
+    def hidden_saliency(self) -> float:
+        return float(self._saliency)
 
     def activation(self, layer: int, step: int, node: str, output: torch.Tensor) -> None:
         if self.code_rows is None:
