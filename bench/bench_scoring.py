@@ -192,10 +192,13 @@ def scaling(archs, sets) -> None:
             workers = [Worker(ROOT) for _ in range(n)]
             share = [archs[i::n] for i in range(n)]
             peaks = [0.0] * n
+            cpu = []  # CPU seconds per arch: ≈ equal for 1 and 2 workers when nothing is shared but cores
 
             def run(k):
                 for _, spec in share[k]:
-                    peaks[k] = max(peaks[k], workers[k].score(spec, SETS[s])["peak_mib"])
+                    reply = workers[k].score(spec, SETS[s])
+                    peaks[k] = max(peaks[k], reply["peak_mib"])
+                    cpu.append(reply["cpu"])
 
             started = time.perf_counter()
             threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
@@ -207,7 +210,11 @@ def scaling(archs, sets) -> None:
             rates[n] = len(archs) / seconds
             for w in workers:
                 w.close()
-            print(f"  {s:10s} {n} worker(s): {len(archs)} archs in {seconds:.1f} s = {rates[n]:.3f} archs/s, peak RSS per worker {', '.join(f'{p:.0f}' for p in peaks)} MiB", flush=True)
+            print(
+                f"  {s:10s} {n} worker(s): {len(archs)} archs in {seconds:.1f} s = {rates[n]:.3f} archs/s, "
+                f"{sum(cpu):.1f} s CPU in all, peak RSS per worker {', '.join(f'{p:.0f}' for p in peaks)} MiB",
+                flush=True,
+            )
         print(f"  {s:10s} 2 workers / 1 worker throughput: {rates[2] / rates[1]:.2f}×")
 
 
@@ -221,6 +228,7 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="a git revision to compare with, interleaved (e.g. a2d0e83)")
     parser.add_argument("--roofline", action="store_true", help="FLOPs and the measured matmul roofline per arch")
     parser.add_argument("--scaling", action="store_true", help="archs/s with 1 and with 2 concurrent workers")
+    parser.add_argument("--only-scaling", action="store_true", help="skip the per-arch table (implies --scaling)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -231,8 +239,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown set(s) {sorted(unknown)}; known: {', '.join(SETS)}")
     archs = pick_archs(args.archs)
-    compare(archs, sets, args.against, args.roofline)
-    if args.scaling:
+    if not args.only_scaling:
+        compare(archs, sets, args.against, args.roofline)
+    if args.scaling or args.only_scaling:
         scaling(archs, sets)
 
 
