@@ -35,6 +35,7 @@ from tfnas_ray.metrics import (
 from tfnas_ray.metrics.common import (
     correlation_matrix,
     eigen_score,
+    hamming_kernel_update,
     log_abs_det,
 )
 from tfnas_ray.metrics import rnn_batch  # noqa: F401 — registers the nb-nlp batch
@@ -62,22 +63,38 @@ PAPER_PROTOCOL = frozenset(
 
 
 class _StepRecorder:
-    """Collects h_prev_0 per (layer, step) of a gradient-free forward."""
+    """Collects h_prev_0 per (layer, step) and, optionally, activation codes into K
+    (one pass at a time, gradients retained on the states: the literal protocol)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: torch.Tensor | None = None):
+        self.kernel = kernel  # (B, B) float64, shared across passes, or None
         self.states: list[tuple[int, int, torch.Tensor]] = []
 
     def hidden(self, layer: int, step: int, h: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            if h.requires_grad:
+                h.retain_grad()
+            else:  # the zero initial state: make it a leaf that receives a gradient
+                h = h.detach().requires_grad_()
         self.states.append((layer, step, h))
         return h
 
     def activation(self, layer: int, step: int, node: str, output: torch.Tensor) -> None:
-        pass
+        if self.kernel is not None:
+            hamming_kernel_update(self.kernel, output)
 
     def layer_states(self, layer: int, rows: slice = slice(None)) -> np.ndarray:
         """(B, H, T) stack of the states of one layer (0-based), as float64."""
         states = [h.detach()[rows] for l, _, h in self.states if l == layer]
         return torch.stack(states, dim=-1).double().cpu().numpy()
+
+    def hidden_saliency(self) -> float:
+        """Σ |h ⊙ ∂h| over the recorded states (no gradient counts 0)."""
+        total = 0.0
+        for _, _, h in self.states:
+            if h.grad is not None:
+                total += float((h.detach() * h.grad).abs().sum())
+        return total
 
 
 # Activation codes are flushed into K every this many (B, H) outputs: one matmul per
