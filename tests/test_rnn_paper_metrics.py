@@ -59,14 +59,42 @@ def test_jacobian_cosine_of_identical_rows_is_one_half():
     assert jacobian_cosine_score(jacobian) == pytest.approx(0.5, abs=1e-12)
 
 
-# Relative agreement with the authors' float32 values. The reference file expects
-# "about 1e-5 relative" (summation order differs between implementations); products of
-# four scores compound that. random_4's cell amplifies its activations to ~1e18, where
-# float32 round-off in a different summation order moves its Jacobian scores by up to
-# 2e-3: a property of that cell, measured, not a tolerance for the others.
-TOLERANCE = 1e-5
-PRODUCT_TOLERANCE = 5e-5
-ILL_CONDITIONED = {"random_4": 3e-3}
+# Relative agreement with the authors' float32 values, one tolerance per column: about
+# twice the largest difference measured over the 10 recipes (the same with the code
+# before the fast paper pass, a2d0e83, and with it). What remains is float32 round-off
+# in a different summation order (matmul blocking) — amplified by a column's own
+# conditioning: the layer-3 covariance of random_5 differs by 2.8e-6, products of four
+# Jacobian scores compound theirs. params is an integer count: exact.
+TOLERANCE = {
+    "hidden_cov": 2e-6,
+    "hidden_cov_l2": 1e-6,
+    "hidden_cov_l3": 5e-6,
+    "activation_distance": 1e-6,
+    "synaptic_saliency": 3e-7,
+    "jacob_cov": 3e-7,
+    "jacobian_cosine": 5e-8,
+    "jacobian_noise": 5e-6,
+    "jacobian_noise_cosine": 2e-8,
+    "jacobian_more_noise": 3e-5,
+    "jacobian_more_noise_cosine": 2e-7,
+    "hidden_saliency": 1e-5,
+    "params": 0.0,
+}
+# random_4's cell amplifies its activations to ~1e18, where float32 round-off in another
+# summation order moves its gradient columns by up to 2e-3 (measured, as above): a
+# property of that cell, not a tolerance for the others.
+ILL_CONDITIONED = {
+    "random_4": {
+        "synaptic_saliency": 2e-5,
+        "jacob_cov": 5e-4,
+        "jacobian_cosine": 3e-6,
+        "jacobian_noise": 3e-3,
+        "jacobian_noise_cosine": 1e-6,
+        "jacobian_more_noise": 3e-4,
+        "jacobian_more_noise_cosine": 1.5e-6,
+        "hidden_saliency": 5e-5,
+    }
+}
 
 
 def test_every_paper_column_equals_the_published_value(reference, batch):
@@ -79,9 +107,7 @@ def test_every_paper_column_equals_the_published_value(reference, batch):
         )
         for row in rows:
             expected = published["values"][row["metric"]]
-            tolerance = ILL_CONDITIONED.get(
-                published["name"], PRODUCT_TOLERANCE if "more_noise" in row["metric"] else TOLERANCE
-            )
+            tolerance = ILL_CONDITIONED.get(published["name"], {}).get(row["metric"], TOLERANCE[row["metric"]])
             if row["value"] is None or abs(row["value"] - expected) > tolerance * abs(expected):
                 mismatches.append((published["name"], row["metric"], row["value"], expected, row["error"]))
     assert mismatches == []

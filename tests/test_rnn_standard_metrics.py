@@ -319,6 +319,9 @@ def test_standard_metrics_on_the_ptb_batch_are_finite_and_share_passes(one_threa
     assert dict(ctx.pass_counts) == {"loss_grad": 1, "synflow": 1, "naswot": 1, "paper": 1}
     # The paper's K is twice naswot's (two identical eval passes): log|det 2K| = log|det K| + B·log 2.
     assert values["activation_distance"] == pytest.approx(values["naswot"] + 50 * math.log(2), rel=1e-9)
+    # Scored alone, naswot runs its own forward; the kernel (integer counts) is the same.
+    alone = score(MetricContext("nb-nlp", RNN_SPEC, seed=0, batch=batch, wanted=["naswot"]), ["naswot"])
+    assert alone["naswot"] == values["naswot"]
 
 
 def test_every_standard_metric_repeats_exactly_on_a_short_ptb_batch(one_thread):

@@ -7,9 +7,11 @@ in eval mode and one PTB minibatch x (70 × 50):
   3. three noise passes on e + a·var·ε, a ∈ {0.1, 10, 100} → J_a;
   4. synflow pass: zero the gradients, forward, backward of ½‖y‖².
 Every pass records h_prev_0 entering each step (gradient retained) and the binary
-codes of every activation node's output. One `paper` pass runs all four and feeds
-every paper column; `hidden_cov*` alone needs only a gradient-free forward through as
-many layers as its layer, which `hidden_states` runs.
+codes of every activation node's output. One `paper` pass computes what all four
+leave (`paper_passes`: in eval mode passes 1, 2 and 4 are one forward; gradients go to
+the inputs only) and feeds every paper column; `hidden_cov*` alone needs only a
+gradient-free forward through as many layers as its layer, which `hidden_states` runs
+on just those layers.
 
 Shapes: T = 70 steps, B = 50 samples, E = 400, H = hidden size of a layer.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tfnas_ray.metrics import (
     Direction,
@@ -36,7 +39,10 @@ from tfnas_ray.metrics.common import (
     log_abs_det,
 )
 from tfnas_ray.metrics import rnn_batch  # noqa: F401 — registers the nb-nlp batch
-from tfnas_ray.spaces.nasbench_nlp.model import count_parameters
+from tfnas_ray.errors import TfnasError
+from tfnas_ray.spaces.nasbench_nlp import PTB_VOCABULARY
+from tfnas_ray.spaces.nasbench_nlp.model import LMConfig, initial_layers
+from tfnas_ray.spaces.nasbench_nlp.recipe import parse_recipe
 
 SPACE = "nb-nlp"
 NOISE_SCALES = (0.1, 10.0, 100.0)
@@ -57,7 +63,8 @@ PAPER_PROTOCOL = frozenset(
 
 
 class _StepRecorder:
-    """Collects h_prev_0 per (layer, step) and, optionally, activation codes into K."""
+    """Collects h_prev_0 per (layer, step) and, optionally, activation codes into K
+    (one pass at a time, gradients retained on the states: the literal protocol)."""
 
     def __init__(self, kernel: torch.Tensor | None = None):
         self.kernel = kernel  # (B, B) float64, shared across passes, or None
@@ -76,9 +83,9 @@ class _StepRecorder:
         if self.kernel is not None:
             hamming_kernel_update(self.kernel, output)
 
-    def layer_states(self, layer: int) -> np.ndarray:
+    def layer_states(self, layer: int, rows: slice = slice(None)) -> np.ndarray:
         """(B, H, T) stack of the states of one layer (0-based), as float64."""
-        states = [h.detach() for l, _, h in self.states if l == layer]
+        states = [h.detach()[rows] for l, _, h in self.states if l == layer]
         return torch.stack(states, dim=-1).double().cpu().numpy()
 
     def hidden_saliency(self) -> float:
@@ -88,6 +95,139 @@ class _StepRecorder:
             if h.grad is not None:
                 total += float((h.detach() * h.grad).abs().sum())
         return total
+
+
+# Activation codes are flushed into K every this many (B, H) outputs: one matmul per
+# chunk instead of one per output, with a bounded buffer.
+_CODE_CHUNK = 64
+
+
+class _GraphRecorder(_StepRecorder):
+    """Records, inside one forward of column blocks of B samples, what the protocol's
+    columns need from the backward(s) run on it — through tensor hooks, so autograd
+    hands over each gradient once and no gradient the size of a parameter is formed:
+
+      * Σ|h ⊙ ∂h| over every recorded h_prev_0, every backward (the hidden saliency);
+      * ∂W of every linear input, from the rows `weight_rows` of the backward that sets
+        them (pass 4's gradient alone, as synaptic saliency wants), as Σ over rows of
+        ∂(projection)ᵀ·(its input) per fused matmul (`RecurrentLayer.readers`);
+      * the activation codes of rows `code_rows` into K (float64, exact integer counts).
+    """
+
+    def __init__(self, batch_size: int, code_rows: slice | None, device: torch.device):
+        super().__init__()
+        self.rows = batch_size  # rows of one step (all blocks)
+        self.code_rows = code_rows
+        self.weight_rows: slice | None = None  # set while the synflow backward runs
+        self.kernel = torch.zeros(
+            (code_rows.stop - code_rows.start,) * 2 if code_rows else (0, 0), dtype=torch.float64, device=device
+        )
+        # Σ|h ⊙ ∂h| in float64 on the device (no host sync per state on a GPU); each
+        # state's float32 sum is added in double, as a Python float sum would.
+        self._saliency = torch.zeros((), dtype=torch.float64, device=device)
+        self._codes: list[torch.Tensor] = []  # pending codes, (B, H) bool
+        # (layer, source) -> [(∂projection rows, input rows)] of the synflow rows
+        self._weight_parts: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def hidden(self, layer: int, step: int, h: torch.Tensor) -> torch.Tensor:
+        # Detached: a kept state must not keep the graph (and the hooks' tensors) alive.
+        self.states.append((layer, step, h.detach()))
+        if step > 0 and h.requires_grad:  # the zero initial state adds |0 ⊙ ∂h| = 0
+            h.register_hook(self._saliency_hook(h.detach()))
+        return h
+
+    def _saliency_hook(self, value: torch.Tensor):
+        def hook(grad: torch.Tensor) -> None:
+            self._saliency += (value * grad).abs().sum().double()
+
+        return hook
+
+    @property
+    def hidden_saliency(self) -> float:
+        return float(self._saliency)
+
+    def activation(self, layer: int, step: int, node: str, output: torch.Tensor) -> None:
+        if self.code_rows is None:
+            return
+        self._codes.append(output.detach()[self.code_rows] > 0)
+        if len(self._codes) == _CODE_CHUNK:
+            self.flush_codes()
+
+    def flush_codes(self) -> None:
+        """K += agreements of the pending codes: with s = ±1 codes (B, N),
+        c cᵀ + (1−c)(1−c)ᵀ = (s sᵀ + N) / 2 — integers below 2²⁴, so exact in float32."""
+        if not self._codes:
+            return
+        signs = torch.cat(self._codes, dim=1).float() * 2 - 1  # (B, N)
+        self.kernel += ((signs @ signs.t() + signs.shape[1]) / 2).double()
+        self._codes = []
+
+    def projection(self, layer: int, source: str, inputs: torch.Tensor, projected: torch.Tensor) -> None:
+        if not projected.requires_grad:
+            return
+        inputs = inputs.detach()
+        steps = inputs.shape[0] // self.rows  # T for the input projection "x", else 1
+        parts = self._weight_parts.setdefault((layer, source), [])
+
+        def take(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+            if rows == slice(0, self.rows):
+                return tensor
+            # A copy, not a view: the other blocks' rows are freed with the graph.
+            return tensor.view(steps, self.rows, -1)[:, rows].reshape(-1, tensor.shape[-1])
+
+        def hook(grad: torch.Tensor) -> None:
+            if self.weight_rows is not None:
+                parts.append((take(grad, self.weight_rows), take(inputs, self.weight_rows)))
+
+        projected.register_hook(hook)
+
+    def weight_gradients(self) -> dict[tuple[int, str], torch.Tensor]:
+        """(layer, source) -> ∂W (n·H, in) of that source's fused weights from the
+        synflow backward; a projection no gradient reached is absent (∂W = 0)."""
+        grads = {}
+        for key, parts in self._weight_parts.items():
+            if parts:
+                grad_rows = torch.cat([g for g, _ in parts])  # (N, n·H)
+                input_rows = torch.cat([x for _, x in parts])  # (N, in)
+                grads[key] = grad_rows.t() @ input_rows
+        self._weight_parts = {}  # read once; the rows are freed
+        return grads
+
+
+@dataclass(frozen=True)
+class _Backward:
+    """One backward on a graph: the cotangent of y is ones except on `y_rows`, where it
+    is y itself (∂(½‖y‖²)/∂y, pass 4); weight gradients are taken from `y_rows`."""
+
+    y_rows: slice | None = None
+
+
+def _run_graph(model, inputs: torch.Tensor, backwards: list[_Backward], *, code_rows: slice | None):
+    """Forward `inputs` (T, N, E) once from zero states, then each backward in turn.
+
+    Returns the recorder and, per backward, ∂/∂inputs (T, N, E).
+    """
+    T, N, _ = inputs.shape
+    inputs = inputs.detach().requires_grad_()
+    # Zero initial states as leaves, so every value of every step lies on a path the
+    # backward walks (a node fed only by h_prev at step 0 still passes its gradient
+    # on to the weights that read it).
+    hidden = [tuple(s.requires_grad_() for s in layer_state) for layer_state in model.init_hidden(N)]
+    leaves = [inputs] + [s for layer_state in hidden for s in layer_state]
+    recorder = _GraphRecorder(N, code_rows, inputs.device)
+    y, _ = model.forward_embedded(inputs, hidden, recorder=recorder)
+    recorder.flush_codes()
+    y = y.view(T, N, -1)
+    grads = []
+    for i, backward in enumerate(backwards):
+        cotangent = torch.ones_like(y)
+        if backward.y_rows is not None:
+            cotangent[:, backward.y_rows] = y[:, backward.y_rows].detach()
+        recorder.weight_rows = backward.y_rows
+        grad = torch.autograd.grad(y, leaves, cotangent, retain_graph=i + 1 < len(backwards), allow_unused=True)[0]
+        grads.append(grad)
+    recorder.weight_rows = None
+    return recorder, grads
 
 
 def hidden_covariance(states: np.ndarray, *, what: str = "hidden covariance") -> float:
@@ -152,79 +292,120 @@ class PaperPasses:
 @register_pass(SPACE, "hidden_states")
 def hidden_states_pass(ctx: MetricContext) -> dict[int, np.ndarray]:
     """A gradient-free eval forward through as many layers as the wanted hidden_cov
-    metrics need; returns layer (1-based) -> (B, H, T) states."""
+    metrics need; returns layer (1-based) -> (B, H, T) states.
+
+    Only those layers and the embedding are built (`initial_layers`: the other draws
+    advance the generator without allocating), under the context's seed as
+    `ctx.model()` would build them; eval mode has no dropout, so the layers run as the
+    model runs them.
+    """
     depth = max([HIDDEN_COV_LAYER[m] for m in ctx.wanted if m in HIDDEN_COV_LAYER] or [1])
-    model = ctx.model().eval()
+    options = {**getattr(ctx.batch, "model_options", {}), **ctx.options}
+    try:
+        config = LMConfig(**{"ntoken": PTB_VOCABULARY, **options})
+    except TypeError as err:
+        raise TfnasError(f"unknown nb-nlp model option: {err}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        embedding, layers = initial_layers(parse_recipe(ctx.spec), config, depth)
+    tokens = ctx.batch.tokens.to(ctx.device)
     recorder = _StepRecorder()
     with torch.no_grad():
-        model(ctx.batch.tokens.to(ctx.device), num_layers=depth, recorder=recorder)
+        x = F.embedding(tokens, embedding.to(ctx.device))
+        for index, layer in enumerate(layers):
+            layer.to(ctx.device).eval()
+            zeros = tuple(x.new_zeros(x.shape[1], layer.hidden_size) for _ in range(layer.recipe.hidden_tuple_size))
+            x, _ = layer(x, zeros, layer_index=index, recorder=recorder)
     return {layer + 1: recorder.layer_states(layer) for layer in range(depth)}
+
+
+def paper_passes(model, tokens: torch.Tensor, seed: int, *, batched: bool) -> PaperPasses:
+    """The authors' four passes (module docstring), with each thing computed once.
+
+    In eval mode passes 1, 2 and 4 run the same forward on the same input: one forward
+    serves them, with two backwards (the all-ones cotangent of pass 1; y, pass 4's) and
+    K twice pass 1's codes (pass 2 repeats pass 1's forward exactly). The noise passes
+    differ only in their input. Every backward asks autograd for ∂/∂input only (J,
+    J_a, and pass 4's ∂/∂e, scattered onto the embedding rows the tokens read); Σ|h⊙∂h|
+    and pass 4's ∂W come from hooks (`_GraphRecorder`).
+
+    Args:
+        model: an eval-mode model; its parameters are frozen here (a private copy).
+        tokens: (T, B) token ids on the model's device.
+        seed: the numpy seed of the noise ε.
+        batched: run every pass as a column block of one forward, B samples each,
+            [e (passes 1, 2), e (pass 4), e + a·var·ε for each a], with one backward —
+            columns never interact in the recurrence, so every block is its own pass.
+            Fewer, larger kernels: for GPUs. Off, each input is its own graph of B
+            columns (the same work, and a fifth of the memory, on a CPU).
+    """
+    for param in model.parameters():  # gradients only to inputs; ∂W from the recorder
+        param.requires_grad_(False)
+    T, B = tokens.shape
+    clean = model.embed(tokens)  # (T, B, E)
+
+    # Noise: e + a·var·ε, ε the first numpy draw after seeding, in the authors' dtypes.
+    clean_np = clean.cpu().numpy()
+    variance = np.var(clean_np, axis=1, keepdims=True)
+    noise = np.random.RandomState(seed).normal(size=clean_np.shape)
+    noisy = [
+        torch.tensor((clean_np + scale * variance * noise).astype(clean_np.dtype), device=clean.device)
+        for scale in NOISE_SCALES
+    ]
+
+    first = slice(0, B)
+    if batched:
+        recorder, (grad,) = _run_graph(
+            model, torch.cat([clean, clean, *noisy], dim=1), [_Backward(y_rows=slice(B, 2 * B))], code_rows=first
+        )
+        blocks = [grad[:, i * B : (i + 1) * B] for i in range(2 + len(noisy))]
+        jacobian, noisy_grads = blocks[0], blocks[2:]
+        synaptic = _synaptic_saliency(model, recorder, tokens, blocks[1])
+        hidden_saliency = recorder.hidden_saliency
+    else:
+        recorder, (jacobian, embedding_grad) = _run_graph(
+            model, clean, [_Backward(), _Backward(y_rows=first)], code_rows=first
+        )
+        synaptic = _synaptic_saliency(model, recorder, tokens, embedding_grad)  # frees ∂W's parts
+        hidden_saliency, noisy_grads = recorder.hidden_saliency, []
+        for inputs in noisy:
+            noisy_recorder, (grad,) = _run_graph(model, inputs, [_Backward()], code_rows=None)
+            hidden_saliency += noisy_recorder.hidden_saliency
+            noisy_grads.append(grad)
+
+    return PaperPasses(
+        states={layer + 1: recorder.layer_states(layer, first) for layer in range(len(model.layers))},
+        jacobian=jacobian.cpu().numpy(),
+        noisy_jacobians={a: g.cpu().numpy() for a, g in zip(NOISE_SCALES, noisy_grads)},
+        kernel=(2 * recorder.kernel).cpu().numpy(),  # passes 1 and 2: the same codes twice
+        synaptic_saliency=synaptic,
+        hidden_saliency=hidden_saliency,
+    )
+
+
+def _synaptic_saliency(model, recorder: _GraphRecorder, tokens: torch.Tensor, embedding_grad: torch.Tensor) -> float:
+    """Σ|W ⊙ ∂W| over every linear node's weights but its first (PAPER_METRICS.md), then
+    the tied decoder, whose gradient is the embedding's: pass 4's ∂/∂e (T, B, E) summed
+    into the rows of the tokens read (float32, as the embedding's backward does)."""
+    synaptic = 0.0
+    for (layer, source), grad in recorder.weight_gradients().items():
+        readers = model.layers[layer].readers(source)
+        rows = grad.shape[0] // len(readers)
+        for i, (_, j, weight) in enumerate(readers):
+            if j > 0:
+                synaptic += float((weight * grad[i * rows : (i + 1) * rows]).abs().sum())
+    used, where = torch.unique(tokens.reshape(-1), return_inverse=True)
+    rows_grad = embedding_grad.new_zeros(len(used), embedding_grad.shape[-1])
+    rows_grad.index_add_(0, where, embedding_grad.reshape(-1, embedding_grad.shape[-1]))
+    return synaptic + float((model.decoder.weight[used].double() * rows_grad.double()).abs().sum())
 
 
 @register_pass(SPACE, "paper")
 def paper_pass(ctx: MetricContext) -> PaperPasses:
-    """The authors' four passes, in their order, on one model (see module docstring)."""
+    """The authors' four passes on the context's model (`paper_passes`), batched into
+    one forward on a GPU."""
     model = ctx.model().eval()
-    tokens = ctx.batch.tokens.to(ctx.device)
-    B = tokens.shape[1]
-    kernel = torch.zeros(B, B, dtype=torch.float64, device=ctx.device)
-
-    # 1. Jacobian pass: J = ∂(Σy)/∂e.
-    first = _StepRecorder(kernel)
-    embedded = model.embed(tokens)
-    embedded.retain_grad()
-    y, _ = model.forward_embedded(embedded, recorder=first)
-    y.backward(torch.ones_like(y))
-    jacobian = embedded.grad.detach().cpu().numpy()
-    hidden_saliency = first.hidden_saliency()
-    states = {layer + 1: first.layer_states(layer) for layer in range(len(model.layers))}
-
-    # 2. K pass: forward only; its codes join the first pass's in K.
-    with torch.no_grad():
-        second = _StepRecorder(kernel)
-        clean = model.embed(tokens)
-        model.forward_embedded(clean, recorder=second)
-
-    # 3. Noise passes: e₂ + a·var·ε, ε the first numpy normal draw after seeding.
-    clean_np = clean.detach().cpu().numpy()
-    variance = np.var(clean_np, axis=1, keepdims=True)
-    noise = np.random.RandomState(ctx.seed).normal(size=clean_np.shape)
-    noisy_jacobians = {}
-    for scale in NOISE_SCALES:
-        inputs = torch.tensor(
-            (clean_np + scale * variance * noise).astype(np.float32), device=ctx.device, requires_grad=True
-        )
-        recorder = _StepRecorder()
-        y, _ = model.forward_embedded(inputs, recorder=recorder)
-        y.backward(torch.ones_like(y))
-        noisy_jacobians[scale] = inputs.grad.detach().cpu().numpy()
-        hidden_saliency += recorder.hidden_saliency()
-
-    # 4. Synflow pass: fresh gradients, backward of ½‖y‖² (gradient y).
-    model.zero_grad(set_to_none=True)
-    fourth = _StepRecorder()
-    y, _ = model(tokens, recorder=fourth)
-    y.backward(y.detach())
-    hidden_saliency += fourth.hidden_saliency()
-    synaptic = 0.0
-    for layer in model.layers:
-        for linear in layer.linears.values():
-            # The authors' sum skips each node's first weight (PAPER_METRICS.md).
-            for weight in list(linear.weights)[1:]:
-                if weight.grad is not None:
-                    synaptic += float((weight.detach() * weight.grad).abs().sum())
-    decoder = model.decoder.weight  # tied to the embedding: its gradient is the embedding's
-    if decoder.grad is not None:
-        synaptic += float((decoder.detach().double() * decoder.grad.double()).abs().sum())
-
-    return PaperPasses(
-        states=states,
-        jacobian=jacobian,
-        noisy_jacobians=noisy_jacobians,
-        kernel=kernel.cpu().numpy(),
-        synaptic_saliency=synaptic,
-        hidden_saliency=hidden_saliency,
-    )
+    return paper_passes(model, ctx.batch.tokens.to(ctx.device), ctx.seed, batched=ctx.device.type == "cuda")
 
 
 def _states(ctx: MetricContext, layer: int) -> np.ndarray:
@@ -282,7 +463,7 @@ def _jacobian_scores(passes: PaperPasses, kind: str) -> dict:
     direction=Direction.HIGHER,
     summary="Jacobian covariance: −Σ[log(λ+k)+1/(λ+k)] of corr over samples of ∂(Σy)/∂e (Mellor et al. 2021)",
     needs=("paper",),
-    cost="paper protocol (6 forward, 5 backward)",
+    cost="paper protocol (4 forwards, 5 backwards to the inputs, 1 weight gradient)",
 )
 def jacob_cov(ctx: MetricContext) -> float:
     """Rows of J (B, T·E), one per sample; their correlation's eigen score. The same as

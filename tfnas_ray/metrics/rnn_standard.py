@@ -349,7 +349,13 @@ def synflow_pass(ctx: MetricContext) -> float:
 
 @register_pass(SPACE, "naswot")
 def naswot_pass(ctx: MetricContext) -> float:
-    """One gradient-free forward, activation codes into K."""
+    """One gradient-free forward, activation codes into K — or, when a paper column
+    runs the paper's passes anyway, their K halved: it is two identical eval passes'
+    codes, so K/2 is exactly (integer counts) this forward's K."""
+    from tfnas_ray.metrics.rnn_paper import PAPER_PROTOCOL
+
+    if ctx.wanted & PAPER_PROTOCOL:
+        return log_abs_det(ctx.run_pass("paper").kernel / 2, what="naswot")
     return naswot_score(ctx.model(), ctx.batch.tokens)
 
 

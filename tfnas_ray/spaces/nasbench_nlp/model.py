@@ -163,3 +163,49 @@ class NasBenchNlpLM(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Every parameter once (tied weights once), as the published num_params."""
     return sum(p.numel() for p in model.parameters())
+
+
+def initial_layers(recipe: Recipe, config: LMConfig, num_layers: int) -> tuple[torch.Tensor, list[RecurrentLayer]]:
+    """The embedding weight (V, E) and the first `num_layers` recurrent layers exactly
+    as `NasBenchNlpLM(recipe, config)` initialises them from torch's global generator.
+
+    For metrics that read the first layers only (hidden_cov): every other draw of the
+    reference order (DESIGN.md) is still made — the generator must reach the
+    embedding's final draw in the same state — but into one reused scratch buffer, so
+    the later layers and the (V, H) decoder are never allocated. The same number of
+    draws per tensor, same method (uniform_ or normal_), hence the same generator state.
+    """
+    V, E = config.ntoken, config.emsize
+    sizes = config.layer_sizes()
+    largest = max([V * E, V * config.nhid] + [_layer_numel(recipe, i, h) for i, h in sizes])
+    scratch = torch.empty(largest)
+
+    def advance(numel: int, method: str = "uniform_") -> None:
+        getattr(scratch[:numel], method)()
+
+    advance(V * E, "normal_")  # nn.Embedding's N(0, 1)
+    layers = []
+    for index, (input_size, hidden_size) in enumerate(sizes):
+        if index < num_layers:
+            layers.append(RecurrentLayer(recipe, input_size, hidden_size, weight_drop=config.wdrop))
+            continue
+        # A layer's draws: each linear node's weights then bias, then its reset.
+        drawn = []
+        for node in recipe.nodes:
+            if node.op == "linear":
+                drawn += [hidden_size * (input_size if i == "x" else hidden_size) for i in node.inputs]
+                drawn.append(hidden_size)
+        for numel in drawn + drawn:
+            advance(numel)
+    advance(V * config.nhid)  # the decoder's weight (H → V), kaiming uniform
+    advance(V)  # its bias
+    advance(V * E)  # the embedding's U(±0.1), drawn over by the tied weight's
+    embedding = torch.empty(V, E).uniform_(-0.1, 0.1)
+    return embedding, layers
+
+
+def _layer_numel(recipe: Recipe, input_size: int, hidden_size: int) -> int:
+    return max(
+        [hidden_size * (input_size if i == "x" else hidden_size) for n in recipe.nodes if n.op == "linear" for i in n.inputs]
+        + [hidden_size]
+    )
