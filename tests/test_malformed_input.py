@@ -30,9 +30,10 @@ COMMANDS: dict[str, Callable[[str, str, str], list[str]]] = {
     "correlate": lambda bad, good, out: ["correlate", bad, good, "--out", f"{out}/correlations.parquet", "--resamples", "0"],
     "correlate-truth": lambda bad, good, out: ["correlate", good, bad, "--out", f"{out}/correlations.parquet", "--resamples", "0"],
     "train": lambda bad, good, out: ["train", bad, "--out", f"{out}/train", "--steps", "1"],
+    "search": lambda bad, good, out: ["search", "nb-nlp", "--archs", bad, "-m", "params", "--out", f"{out}/search", "--no-progress"],
 }
 # What the malformed file stands for in each command (the other argument is well formed).
-READS = {"score": "archs", "correlate": "scores", "correlate-truth": "truth", "train": "archs"}
+READS = {"score": "archs", "correlate": "scores", "correlate-truth": "truth", "train": "archs", "search": "archs"}
 GOOD = {  # the well-formed table of the other kind: (kind, table)
     "correlate": ("truth", tables.from_rows("truth", [{"arch_id": "a", "target": "t", "value": 1.0}])),
     "correlate-truth": ("scores", tables.from_rows("scores", [{"arch_id": "a", "metric": "params", "value": 1.0}])),

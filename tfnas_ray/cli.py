@@ -317,16 +317,17 @@ def search(
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.search_pipeline import SearchConfig, parse_methods, search as run_search
 
-    config = SearchConfig(
-        space=space,
-        methods=parse_methods(metric),
-        keep=keep,
-        candidates=candidates,
-        seed=seed,
-        archs=archs,
-        constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
-        train=train,
-    )
+    with checking_input():
+        config = SearchConfig(
+            space=space,
+            methods=parse_methods(metric),
+            keep=keep,
+            candidates=candidates,
+            seed=seed,
+            archs=archs,
+            constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
+            train=train,
+        )
     score_config = _score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus)
     try:
         result = run_search(config, out, score_config, address=address, progress=progress, log=typer.echo)

@@ -36,12 +36,13 @@ from tfnas_ray.analysis.search import (
     pareto_rows,
     rank_candidates,
 )
-from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, run_scoring
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
+from tfnas_ray.errors import TfnasError, checking_input
+from tfnas_ray.lease import hold
 from tfnas_ray.metrics.scoring import validate_metrics
-from tfnas_ray.pipeline import check_specs, directions
+from tfnas_ray.pipeline import check_batch_options, check_output, check_specs, directions
 from tfnas_ray.spaces import content_id, get_space
-from tfnas_ray.storage import Location, locate
+from tfnas_ray.storage import Location
 
 # Rejection sampling under constraints gives up after this many draws per candidate
 # asked for: limits that admit fewer than 1 in 50 draws need a narrower generator.
@@ -233,20 +234,29 @@ def search(
 
     Raises:
         TfnasError: an unknown metric or space, constraints that admit too few, a
-            directory holding another search.
+            directory holding another search (an `InputError`: found before any work).
     """
+    with checking_input():  # every check before Ray starts or a file is written
+        out = check_output(out_dir)
+        methods = [parse_method(name) for name in config.methods]
+        metrics = validate_metrics(config.space, [m for method in methods for m in method.members])
+        score = dataclasses.replace(score, metrics=tuple(metrics))
+        plan_identity(score, [config.space])
+        check_batch_options([config.space], score.batch_options)
+        candidates = draw_candidates(config, log=log)
+        _check_resume(out.child("candidates.parquet"), candidates)
+    with hold(out, log=log):  # one search per output directory
+        return _search_into(out, config, candidates, methods, metrics, score, address=address, progress=progress, log=log)
+
+
+def _search_into(out: Location, config: SearchConfig, candidates: pa.Table, methods, metrics, score: ScoreConfig, *, address, progress, log) -> SearchResult:
+    """`search` after its checks, holding the lease of `out`."""
     from tfnas_ray.distributed.cluster import connect
 
-    methods = [parse_method(name) for name in config.methods]
-    metrics = validate_metrics(config.space, [m for method in methods for m in method.members])
-    out = locate(out_dir)
-    candidates = draw_candidates(config, log=log)
-    _check_resume(out.child("candidates.parquet"), candidates)
     out.make_dirs()
     tables.write_table("archs", candidates, out.child("candidates.parquet"))
-
     connect(address)
-    summary = run_scoring(candidates, out.child("scores"), dataclasses.replace(score, metrics=tuple(metrics)), progress=progress, log=log)
+    summary = run_scoring(candidates, out.child("scores"), score, progress=progress, log=log)
     arch_ids = candidates.column("arch_id").to_pylist()
     columns = metric_columns(summary.table, arch_ids, metrics)
     params = np.asarray(candidates.column("params").to_pylist(), dtype=np.int64)
