@@ -101,12 +101,15 @@ def benchmarks() -> None:
 
 @app.command()
 def metrics() -> None:
-    """List the metrics: name, spaces, declared direction, cost, and what it computes."""
+    """List the metrics: name, space, declared direction, cost, and what it computes on
+    that space. A `*` marks a name whose formula differs between spaces."""
     from tfnas_ray.metrics import load_metrics
 
     for name, metric in load_metrics().items():
+        mark = "*" if metric.differs_between_spaces else " "
         for space, impl in metric.impls.items():
-            typer.echo(f"{name:28s} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.summary}")
+            typer.echo(f"{name:28s}{mark} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
+    typer.echo("* the same name computes a different formula per space (each line gives its space's); do not compare its values across spaces")
 
 
 @app.command()
@@ -333,7 +336,7 @@ def analyze_space(
 
 @app.command("build-tokenizer")
 def build_tokenizer(
-    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size")] = 16384,
+    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size (ELECTRA's: 30,522)")] = 30522,
 ) -> None:
     """Retrain the WikiText-2 WordPiece vocabulary shipped with the package (developers)."""
     from tfnas_ray.data.tokenizer import write_vocabulary
