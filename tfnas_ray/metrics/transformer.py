@@ -661,3 +661,78 @@ def naswot(ctx: MetricContext) -> float:
     if sign == 0:
         raise MetricFailure("NASWOT kernel is singular")
     return check_finite(logdet, "naswot")
+
+
+# ---- the check that the paper's gradient columns measure round-off ----------------------
+
+# A column is flagged when its float64 value is below this fraction of its float32 value:
+# float32 then returns at least 99.9 % rounding error. A true gradient agrees between the
+# two precisions to ~1e-6; the paper's R = Σ output gives ratios near 1e-9.
+DEGENERACY_RATIO = 1e-3
+# metric columns that read each gradient quantity of the `sum_output` pass
+GRADIENT_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "head_importance": ("head_importance", "head_importance_normalized"),
+    "synaptic_saliency": ("synaptic_saliency", "synaptic_saliency_normalized"),
+    "synaptic_diversity": ("synaptic_diversity", "synaptic_diversity_normalized"),
+    "position_gradient": ("jacob_cov",),
+}
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One gradient quantity of the paper's objective, in float32 and float64.
+
+    Attributes:
+        quantity: "head_importance", "synaptic_saliency", "synaptic_diversity" (as their
+            columns) or "position_gradient" (Σ|∂R/∂P|, what jacob_cov reads).
+        float32, float64: its value computed in each precision on the same model and batch.
+        degenerate: float64 < DEGENERACY_RATIO · float32 (float32 is round-off).
+        columns: the metric columns that read it.
+    """
+
+    quantity: str
+    float32: float
+    float64: float
+    degenerate: bool
+    columns: tuple[str, ...]
+
+    def describe(self) -> str:
+        verdict = "round-off: the column ranks noise" if self.degenerate else "a real gradient"
+        return f"{self.quantity}: float32 {self.float32:.3g}, float64 {self.float64:.3g} → {verdict}"
+
+
+def gradient_degeneracy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[GradientCheck]:
+    """Recompute the paper's gradient quantities of R = Σ last_hidden_state in float32
+    and in float64 on copies of `model` (eval mode: no dropout, so both see one function).
+
+    R is H·Σβ of the last LayerNorm for every input, so its true gradient below that
+    LayerNorm is zero; float64 shows it (values ~1e-14 where float32 gives ~1e-5).
+    """
+    import copy
+
+    values: dict[torch.dtype, dict[str, float]] = {}
+    for dtype in (torch.float32, torch.float64):
+        m = copy.deepcopy(model).to(dtype).eval()
+        projections, operation, ffn = _paper_modules(m)
+        position = m.embeddings.position_embeddings.weight
+        weights = list({id(l.weight): l.weight for l in projections + operation + ffn}.values())
+        r = m(input_ids, attention_mask).last_hidden_state.sum()
+        grads = torch.autograd.grad(r, weights + [position])
+        grad_of = {id(w): g for w, g in zip(weights, grads)}
+        T = input_ids.shape[1]
+        values[dtype] = {
+            "head_importance": sum(_saliency(l.weight, grad_of[id(l.weight)]) for l in projections),
+            "synaptic_saliency": sum(_saliency(l.weight, grad_of[id(l.weight)]) for l in ffn),
+            "synaptic_diversity": sum(_diversity(l.weight, grad_of[id(l.weight)]) for l in operation),
+            "position_gradient": float(grads[-1][:T].abs().sum()),
+        }
+    return [
+        GradientCheck(
+            quantity=q,
+            float32=values[torch.float32][q],
+            float64=values[torch.float64][q],
+            degenerate=values[torch.float64][q] < DEGENERACY_RATIO * values[torch.float32][q],
+            columns=GRADIENT_COLUMNS[q],
+        )
+        for q in GRADIENT_COLUMNS
+    ]

@@ -37,8 +37,17 @@ DEFAULT_METRICS = (
     "activation_distance_normalized",
     "jacob_cov",
     "params",
+    # the paper's gradient columns on the MLM loss (their R = Σ output is degenerate)
+    "head_importance_mlm",
+    "head_importance_mlm_normalized",
+    "synaptic_saliency_mlm",
+    "synaptic_saliency_mlm_normalized",
+    "synaptic_diversity_mlm",
+    "synaptic_diversity_mlm_normalized",
+    "jacob_cov_mlm",
     "grad_norm",
     "snip",
+    "fisher",
     "synflow",
     "naswot",
 )
