@@ -42,6 +42,7 @@ SCORES = pa.schema(
         pa.field("seed", pa.int64()),  # the seed the model was initialised with
         pa.field("device", pa.string()),  # "cpu", "cuda:0", …
         pa.field("version", pa.string()),  # tfnas_ray.__version__
+        pa.field("reading", pa.string()),  # nb-bert: the model reading scored (as-scored, …); null elsewhere
     ]
 )
 

@@ -94,6 +94,7 @@ def score_architecture(
                 "seed": seed,
                 "device": str(device),
                 "version": tfnas_ray.__version__,
+                "reading": (options or {}).get("reading"),
             }
         )
     return rows
