@@ -109,3 +109,12 @@ def test_an_nb_bert_tune_trial_writes_mlm_truth(ray_cluster, tmp_path):
     assert [(r["target"], r["status"]) for r in rows] == [("val_mlm_loss@2st", "ok"), ("train_mlm_loss@2st", "ok")]
     assert rows[0]["source"] == "tune:wikitext-2:mlm,batch_size=8,seq_len=32"
     assert len(rows[0]["curve"]) == 2 and math.isfinite(rows[0]["value"])
+
+
+def test_the_reading_reaches_the_trained_model():
+    """`tfnas train --reading as-scored` trains the model the authors scored (hidden 256)."""
+    trainer = MLMTrainer(SPEC, tiny(reading="as-scored"))
+    assert trainer.model.encoder.electra_config.hidden_size == 256
+    assert MLMTrainer(SPEC, tiny()).model.encoder.electra_config.hidden_size == 128
+    with pytest.raises(TfnasError, match="MLMConfig.reading 'scored' is not one of described, as-trained, as-scored"):
+        tiny(reading="scored")
