@@ -33,25 +33,11 @@ def test_round_trip_of_wikitext_text():
     assert tok.encode("The [UNK] world").tokens == ["the", "[UNK]", "world"]  # special stays whole
 
 
-def test_metric_batch_is_fixed_and_framed():
-    batch = tk.metric_batch()
-    ids = batch["input_ids"]
-    assert ids.shape == (128, 128) and ids.dtype == torch.long
-    assert torch.all(ids[:, 0] == tk.CLS) and torch.all(ids[:, -1] == tk.SEP)
-    assert torch.all(batch["attention_mask"] == 1)
-    assert torch.equal(tk.metric_batch()["input_ids"], ids)
-    # consecutive slices of one token stream: sequence 1 starts where sequence 0 ends
-    stream = tk.load_tokenizer().encode(tk._wikitext_lines("train")[0], add_special_tokens=False).ids
-    assert ids[0, 1 : 1 + min(len(stream), 126)].tolist() == stream[:126]
-    small = tk.metric_batch(batch_size=4, seq_len=16)["input_ids"]
-    assert small.shape == (4, 16) and torch.equal(small[0, 1:15], ids[0, 1:15])
-
-
-def test_metric_batch_checks_its_arguments():
+def test_document_batch_checks_its_arguments():
     with pytest.raises(TfnasError, match="seq_len must be in \\[3, 512\\].*got 1000"):
-        tk.metric_batch(seq_len=1000)
+        tk.document_batch(seq_len=1000)
     with pytest.raises(TfnasError, match="batch_size must be >= 2, got 1"):
-        tk.metric_batch(batch_size=1)
+        tk.document_batch(batch_size=1)
 
 
 def test_benchmark_tables(shared_data):

@@ -117,3 +117,16 @@ def test_reproduce_all_readings_side_by_side(ray_cluster, tmp_path):
     for reading in ("described", "as-scored", "as-trained"):
         assert f"==== reading {reading} ====" in result.output
         assert (tmp_path / "run" / reading / "correlations.parquet").exists()
+
+
+def test_metrics_command_states_each_spaces_formula():
+    output = CliRunner().invoke(app, ["metrics"]).output
+    lines = [l for l in output.splitlines() if l.startswith("activation_distance ")]
+    assert len(lines) == 2 and all("*" in l for l in lines)
+    nlp = next(l for l in lines if " nb-nlp " in l)
+    bert = next(l for l in lines if " nb-bert " in l)
+    assert "log|det K|" in nlp and "log" not in bert.split("higher-is-better")[1].split("Σ over FFN")[0]
+    assert "Σ over FFN activations of Σ_ij" in bert
+    assert "the same name computes a different formula per space" in output
+    # a metric defined on one space only carries no mark
+    assert next(l for l in output.splitlines() if l.startswith("head_importance_mlm ")).split()[1] == "nb-bert"

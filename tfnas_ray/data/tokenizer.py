@@ -1,4 +1,5 @@
-"""A WordPiece tokenizer trained on WikiText-2 train, and the nb-bert metric minibatch.
+"""A WordPiece tokenizer trained on WikiText-2 train, and the nb-bert metric minibatch
+(`document_batch`: the authors' protocol on WikiText-2 articles).
 
 No model hub: the vocabulary ships as package data (`files/wordpiece-wt2-vocab.txt.xz`)
 and is regenerated, byte for byte, with
@@ -90,40 +91,6 @@ def vocabulary() -> tuple[str, ...]:
 def load_tokenizer() -> Tokenizer:
     """The WikiText-2 WordPiece tokenizer (cached per process)."""
     return _empty_tokenizer({token: i for i, token in enumerate(vocabulary())})
-
-
-def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "train") -> dict[str, torch.Tensor]:
-    """The fixed nb-bert metric minibatch: `batch_size` sequences `[CLS] w… [SEP]` of
-    `seq_len` tokens, cut one after another from the start of WikiText-2 `split`.
-
-    Lines are encoded in order and their tokens concatenated; sequence i holds tokens
-    [i·(seq_len−2), (i+1)·(seq_len−2)) of that stream. No padding, so the attention mask
-    is all ones. The same arguments give the same batch on every machine.
-
-    Returns:
-        {"input_ids": (batch_size, seq_len) int64, "attention_mask": same shape, int64}.
-    Raises:
-        TfnasError: a size below the minimum.
-    """
-    if batch_size < 2:
-        raise TfnasError(f"batch_size must be >= 2, got {batch_size}")
-    if not 3 <= seq_len <= 512:
-        raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {seq_len}")
-    body = seq_len - 2
-    needed = batch_size * body
-    tokenizer = load_tokenizer()
-    stream: list[int] = []
-    for line in _wikitext_lines(split):
-        stream.extend(tokenizer.encode(line, add_special_tokens=False).ids)
-        if len(stream) >= needed:
-            break
-    if len(stream) < needed:
-        raise TfnasError(f"WikiText-2 {split} has only {len(stream)} tokens; {needed} needed")
-    ids = torch.tensor(stream[:needed], dtype=torch.long).view(batch_size, body)
-    cls = torch.full((batch_size, 1), CLS, dtype=torch.long)
-    sep = torch.full((batch_size, 1), SEP, dtype=torch.long)
-    input_ids = torch.cat([cls, ids, sep], dim=1)  # (batch_size, seq_len)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def wikitext_articles(split: str = "train") -> list[str]:
