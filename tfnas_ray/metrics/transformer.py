@@ -168,7 +168,8 @@ def _agreement(codes: torch.Tensor) -> torch.Tensor:
     Products of 0/1 values are exact in float32 while m < 2^24.
     """
     m = codes.shape[1]
-    s = codes.sum(dim=1, dtype=torch.float64)
+    # Row sums in float32 are exact integers (m < 2^24) and avoid a float64 copy of codes.
+    s = codes.sum(dim=1).double()
     return m - s[:, None] - s[None, :] + 2.0 * (codes @ codes.T).double()
 
 
