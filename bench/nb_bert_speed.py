@@ -35,6 +35,8 @@ MLM = ["head_importance_mlm", "synaptic_saliency_mlm", "synaptic_diversity_mlm",
 
 WORKER = r"""
 import json, sys, time, torch
+import tfnas_ray
+print("tree", tfnas_ray.__file__, file=sys.stderr)
 torch.set_num_threads(1)
 from tfnas_ray.spaces.nasbench_bert.benchmarks import records
 from tfnas_ray.metrics import load_metrics
@@ -55,8 +57,9 @@ print(json.dumps({"seconds": seconds, "values": {r["metric"]: r["value"] for r i
 
 def run(tree: Path, index: int, metrics: list[str], batch_path: str, mode: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    # cwd = the tree: `python -c` puts the working directory first on sys.path
     out = subprocess.run([sys.executable, "-c", WORKER, str(index), ",".join(metrics), batch_path, mode],
-                         env=env, capture_output=True, text=True, check=True)
+                         env=env, cwd=tree, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,7 +80,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-c",
                         "import sys, torch; from tfnas_ray.data.tokenizer import metric_batch; "
                         f"torch.save(metric_batch(batch_size=128, seq_len={args.seq_len}), sys.argv[1])", batch_path],
-                       env={**os.environ, "PYTHONPATH": str(old)}, check=True)
+                       env={**os.environ, "PYTHONPATH": str(old)}, cwd=old, check=True)
         print(f"before: {args.before}; after: working tree; {args.archs} archs; batch 128 x {args.seq_len}, eval, 1 thread")
         print(f"{'id':>3s} {'before s':>9s} {'after s':>8s} {'ratio':>6s} {'after MLM s':>12s}  max rel diff of shared columns")
         ratios, extra = [], []
