@@ -15,7 +15,7 @@ from tfnas_ray.errors import TfnasError
 
 def test_vocabulary_layout():
     vocab = tk.vocabulary()
-    assert len(vocab) == tk.VOCAB_SIZE == 16384
+    assert len(vocab) == tk.VOCAB_SIZE == 30522  # ELECTRA's size: the authors' embedding shape
     assert vocab[:5] == tk.SPECIAL_TOKENS
     assert list(vocab[5:]) == sorted(vocab[5:])  # ids independent of the trainer's order
     assert len(set(vocab)) == len(vocab)
@@ -33,25 +33,11 @@ def test_round_trip_of_wikitext_text():
     assert tok.encode("The [UNK] world").tokens == ["the", "[UNK]", "world"]  # special stays whole
 
 
-def test_metric_batch_is_fixed_and_framed():
-    batch = tk.metric_batch()
-    ids = batch["input_ids"]
-    assert ids.shape == (128, 128) and ids.dtype == torch.long
-    assert torch.all(ids[:, 0] == tk.CLS) and torch.all(ids[:, -1] == tk.SEP)
-    assert torch.all(batch["attention_mask"] == 1)
-    assert torch.equal(tk.metric_batch()["input_ids"], ids)
-    # consecutive slices of one token stream: sequence 1 starts where sequence 0 ends
-    stream = tk.load_tokenizer().encode(tk._wikitext_lines("train")[0], add_special_tokens=False).ids
-    assert ids[0, 1 : 1 + min(len(stream), 126)].tolist() == stream[:126]
-    small = tk.metric_batch(batch_size=4, seq_len=16)["input_ids"]
-    assert small.shape == (4, 16) and torch.equal(small[0, 1:15], ids[0, 1:15])
-
-
-def test_metric_batch_checks_its_arguments():
+def test_document_batch_checks_its_arguments():
     with pytest.raises(TfnasError, match="seq_len must be in \\[3, 512\\].*got 1000"):
-        tk.metric_batch(seq_len=1000)
+        tk.document_batch(seq_len=1000)
     with pytest.raises(TfnasError, match="batch_size must be >= 2, got 1"):
-        tk.metric_batch(batch_size=1)
+        tk.document_batch(batch_size=1)
 
 
 def test_benchmark_tables(shared_data):
@@ -81,3 +67,25 @@ def test_regenerating_the_vocabulary_reproduces_the_shipped_one(tmp_path):
     retrained = lzma.decompress(path.read_bytes()).decode("utf-8").splitlines()
     assert len(retrained) == len(tk.vocabulary())
     assert len(set(retrained) ^ set(tk.vocabulary())) <= 10
+
+
+def test_document_batch_is_the_first_articles_cut_or_padded():
+    """ELECTRA's tokenizer with truncation and padding to max_length, on documents:
+    `[CLS] article… [SEP]` cut to seq_len (SEP kept last) or padded with [PAD], mask 0 there."""
+    articles = tk.wikitext_articles("train")
+    assert articles[0].startswith("= Valkyria Chronicles III =") and articles[1].startswith("= Tower Building")
+    tok = tk.load_tokenizer()
+    batch = tk.document_batch(batch_size=4, seq_len=64)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == (4, 64)
+    first = tok.encode(articles[0], add_special_tokens=False).ids
+    assert ids[0].tolist() == [tk.CLS] + first[:62] + [tk.SEP] and torch.all(mask[0] == 1)
+    big = tk.document_batch(batch_size=128, seq_len=512)
+    lengths = big["attention_mask"].sum(dim=1)
+    short = int((lengths < 512).nonzero()[0])  # an article shorter than 510 WordPieces
+    n = int(lengths[short])
+    row = big["input_ids"][short]
+    assert row[n - 1] == tk.SEP and torch.all(row[n:] == tk.PAD) and torch.all(big["attention_mask"][short, n:] == 0)
+    assert row[1 : n - 1].tolist() == tok.encode(articles[short], add_special_tokens=False).ids
+    with pytest.raises(TfnasError, match="batch_size 1000 needs more"):
+        tk.document_batch(batch_size=1000, seq_len=8)

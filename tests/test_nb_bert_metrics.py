@@ -75,7 +75,7 @@ def test_jacobian_score_known_answers():
 def test_all_metrics_finite_and_one_shared_pass(ctx):
     values = {name: value(name, ctx) for name in DEFAULT_METRICS}
     assert all(math.isfinite(v) for v in values.values()), values
-    assert ctx.pass_counts == {"sum_output": 1, "synflow": 1}
+    assert ctx.pass_counts == {"sum_output": 1, "synflow": 1, "mlm": 1}
     # normalised = total / number of modules (module counts of SPEC, by hand)
     n_proj = 4 + 1 + 4 + 1  # WMA: q, k, v, weight; LT: dense; DSC: q, k, v, conv_out; LT: dense
     assert values["head_importance_normalized"] == pytest.approx(values["head_importance"] / n_proj)
@@ -84,6 +84,8 @@ def test_all_metrics_finite_and_one_shared_pass(ctx):
     n_act = 3 + 1 + 1 + 3  # Σ num_feed_forward
     assert values["activation_distance_normalized"] == pytest.approx(values["activation_distance"] / n_act)
     assert values["synaptic_saliency_normalized"] == pytest.approx(values["synaptic_saliency"] / (n_act + 4))
+    assert values["head_importance_mlm_normalized"] == pytest.approx(values["head_importance_mlm"] / n_proj)
+    assert values["synaptic_saliency_mlm_normalized"] == pytest.approx(values["synaptic_saliency_mlm"] / (n_act + 4))
     # a second call recomputes nothing and gives the same numbers (metrics are pure)
     assert {name: value(name, ctx) for name in DEFAULT_METRICS} == values
 
@@ -157,3 +159,110 @@ def test_as_trained_option_reaches_the_model(batch):
                         options={"vocab_size": VOCAB, "as_trained": True})
     assert all(layer.operation_type == "SA" for layer in ctx.model().layers)
     assert math.isfinite(value("softmax_confidence", ctx))
+
+
+def test_mlm_columns_recomputed_independently(ctx, batch):
+    """L = MLM loss of the generator head on the masked batch; gradients by autograd.grad
+    on a plain forward (no hooks), the head drawn as the pass draws it."""
+    from tfnas_ray.training.mlm import MLMModel
+
+    encoder = ctx.model().eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        mlm = MLMModel(encoder)
+    inputs, labels = tm.mlm_inputs(batch["input_ids"], batch["attention_mask"], vocab_size=VOCAB)
+    chosen = labels != -100
+    assert 0 < int(chosen.sum()) and torch.all(inputs[~chosen] == batch["input_ids"][~chosen])
+    hidden = mlm.encoder(inputs, batch["attention_mask"]).last_hidden_state
+    loss = torch.nn.functional.cross_entropy(mlm.head(hidden[chosen]), labels[chosen])
+    params = list(mlm.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    assert value("grad_norm", ctx) == pytest.approx(sum(float(g.norm()) for _, g in pairs), rel=1e-5)
+    assert value("snip", ctx) == pytest.approx(sum(float((p.detach() * g).abs().sum()) for p, g in pairs), rel=1e-5)
+    grad_of = {id(p): g for p, g in zip(params, grads)}
+    projections = [getattr(l.operation, n) for l in mlm.encoder.layers for n in l.operation.projections]
+    hi = sum(float((p.weight.detach() * grad_of[id(p.weight)]).abs().sum()) for p in projections)
+    assert value("head_importance_mlm", ctx) == pytest.approx(hi, rel=1e-5)
+    # the corrected column is a real gradient: orders of magnitude above R's round-off
+    assert value("head_importance_mlm", ctx) > 1e3 * value("head_importance", ctx)
+
+
+def test_gradient_degeneracy_of_the_papers_objective(ctx, batch):
+    """R = Σ output: its float64 gradient below the last LayerNorm is zero up to round-off
+    (PAPER_METRICS.md, "Why the gradient columns carry no signal"); with a non-unit γ in
+    that LayerNorm R depends on the input, and nothing is flagged."""
+    model = ctx.model()
+    checks = tm.gradient_degeneracy(model, batch["input_ids"], batch["attention_mask"])
+    assert [c.quantity for c in checks] == list(tm.GRADIENT_COLUMNS)
+    for c in checks:
+        assert c.degenerate and c.float64 < 1e-6 * c.float32, c
+    with torch.no_grad():
+        model.layers[-1].output.LayerNorm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(0))
+    for c in tm.gradient_degeneracy(model, batch["input_ids"], batch["attention_mask"]):
+        assert not c.degenerate and c.float64 == pytest.approx(c.float32, rel=1e-3), c
+
+
+def test_train_mode_is_seeded_and_differs_from_eval(batch):
+    from tfnas_ray.spaces.nasbench_bert import SPACE
+
+    def run(mode, seed=0):
+        c = MetricContext("nb-bert", SPACE.canonicalize(SPEC), seed=seed, batch={**batch, "mode": mode},
+                          options={"vocab_size": VOCAB}, wanted=["head_confidence", "softmax_confidence"])
+        return value("head_confidence", c), value("softmax_confidence", c)
+
+    train = run("train")
+    assert run("train") == train  # dropout drawn from the architecture's seed
+    assert run("eval") != train
+
+
+def test_head_confidence_by_hand_on_a_two_layer_toy_model():
+    """Two LT layers, hidden = embedding = 128, fixed weights. Token 5's word embedding is
+    +e₀, token 6's −e₀, positions and types zero: the embedding LayerNorm maps ±e₀ to ±u
+    with u₀ = √127, u_d = −1/√127 (d > 0) — whatever the scale. Layer 0's projection is
+    0.5·I + 0.25, so for each feature max over a sequence holding both tokens is
+    0.5·|u_d| + 0.25 and its mean over features 0.5·(√127 + 127/√127)/128 + 0.25. Layer
+    1's projection has weight 0 and bias b: its output is b everywhere, confidence mean(b)."""
+    from tfnas_ray.spaces.nasbench_bert import SPACE
+
+    lt = {"operation_type": "LT", "operation_parameter": "DFT", "num_operation_heads": 2,
+          "feed_forward_dimension": 512, "num_feed_forward": 1}
+    spec = SPACE.canonicalize({"hidden_size": 128, "encoder_layers": [lt, lt]})
+    ids = torch.tensor([[5, 6, 5], [6, 5, 5]])
+    ctx = MetricContext("nb-bert", spec, seed=0, batch={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                        options={"vocab_size": 8}, wanted=["head_confidence"])
+    model = ctx.model()
+    b1 = torch.linspace(-1.0, 2.0, 128)
+    with torch.no_grad():
+        emb = model.embeddings
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            table.weight.zero_()
+        emb.word_embeddings.weight[5, 0], emb.word_embeddings.weight[6, 0] = 1.0, -1.0
+        model.layers[0].operation.dense.weight.copy_(0.5 * torch.eye(128))
+        model.layers[0].operation.dense.bias.fill_(0.25)
+        model.layers[1].operation.dense.weight.zero_()
+        model.layers[1].operation.dense.bias.copy_(b1)
+    ctx._pristine = model
+    layer0 = 0.5 * (math.sqrt(127) + 127 / math.sqrt(127)) / 128 + 0.25
+    layer1 = float(b1.double().mean())  # 0.5
+    assert ctx.run_pass("sum_output").head_confidence == pytest.approx((layer0, layer1), rel=1e-5)
+    assert value("head_confidence", ctx) == pytest.approx(layer0 + layer1, rel=1e-5)
+    assert value("head_confidence_normalized", ctx) == pytest.approx((layer0 + layer1) / 2, rel=1e-5)
+
+
+def test_the_batch_options_are_checked():
+    from tfnas_ray.errors import TfnasError
+
+    with pytest.raises(TfnasError, match="--mode 'test' is not one of train, eval"):
+        tm.nb_bert_batch({"mode": "test", "seq_len": 8})
+    with pytest.raises(TfnasError, match=r"nb-bert batch option\(s\) \['corpus'\] unknown"):
+        tm.nb_bert_batch({"corpus": "ptb"})
+
+
+@pytest.mark.parametrize("space, phrase", [("nb-nlp", "log|det K|"), ("nb-bert", "Σ over FFN activations of Σ_ij")])
+def test_activation_distance_formula_is_stated_per_space(space, phrase):
+    from tfnas_ray.metrics import load_metrics
+
+    metric = load_metrics().get("activation_distance")
+    assert phrase in metric.formula(space)
+    assert metric.differs_between_spaces

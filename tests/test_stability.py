@@ -32,13 +32,15 @@ def test_nb_nlp_minibatch_b_is_the_next_block_of_rows():
         build({"bptt": 5, "batch_size": 4, "index": 1_000_000})
 
 
-def test_nb_bert_minibatch_b_continues_the_token_stream():
-    from tfnas_ray.data.tokenizer import metric_batch
+def test_nb_bert_minibatch_b_holds_the_next_articles():
+    from tfnas_ray.data.tokenizer import document_batch
 
-    both = metric_batch(batch_size=4, seq_len=8)
-    assert torch_equal(metric_batch(batch_size=2, seq_len=8, index=0)["input_ids"], both["input_ids"][:2])
-    # Minibatch 1 of size 2 holds sequences 2 and 3 of the stream.
-    assert torch_equal(metric_batch(batch_size=2, seq_len=8, index=1)["input_ids"], both["input_ids"][2:])
+    both = document_batch(batch_size=4, seq_len=8)
+    assert torch_equal(document_batch(batch_size=2, seq_len=8, index=0)["input_ids"], both["input_ids"][:2])
+    # Minibatch 1 of size 2 holds articles 2 and 3.
+    assert torch_equal(document_batch(batch_size=2, seq_len=8, index=1)["input_ids"], both["input_ids"][2:])
+    with pytest.raises(TfnasError, match="minibatch 1000 .* needs"):
+        document_batch(batch_size=2, seq_len=8, index=1000)
 
 
 def torch_equal(a, b) -> bool:

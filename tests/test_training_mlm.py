@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tfnas_ray import tables
-from tfnas_ray.data.tokenizer import CLS, MASK, SEP
+from tfnas_ray.data.tokenizer import CLS, MASK, SEP, vocabulary
 from tfnas_ray.distributed.tune import train_architectures
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.spaces.nasbench_bert import SPACE
@@ -58,15 +58,15 @@ def test_masking_follows_bert():
 
 
 def test_mlm_loss_decreases():
-    # From ln(16,384) = 9.70 (untrained: near-uniform over the vocabulary), 20 AdamW
+    # From ln(30,522) = 10.33 (untrained: near-uniform over the vocabulary), 20 AdamW
     # steps on 3,000 tokens at lr 2e-3 take the validation loss a nat below it.
     trainer = MLMTrainer(SPEC, tiny(budget=Budget("steps", 20), iterations=2, lr=2e-3))
     first = trainer.train_iteration()
     second = trainer.train_iteration()
     assert trainer.finished and second["steps"] == 20
-    assert abs(first["train_loss"] - math.log(16_384)) < 1.0
+    assert abs(first["train_loss"] - math.log(len(vocabulary()))) < 1.0
     assert first["val_loss"] - second["val_loss"] > 0.3, (first, second)
-    assert second["val_loss"] < math.log(16_384) - 1.0, second
+    assert second["val_loss"] < math.log(len(vocabulary())) - 1.0, second
 
 
 def test_mlm_resume_equals_an_uninterrupted_run():
@@ -109,3 +109,12 @@ def test_an_nb_bert_tune_trial_writes_mlm_truth(ray_cluster, tmp_path):
     assert [(r["target"], r["status"]) for r in rows] == [("val_mlm_loss@2st", "ok"), ("train_mlm_loss@2st", "ok")]
     assert rows[0]["source"] == "tune:wikitext-2:mlm,batch_size=8,seq_len=32"
     assert len(rows[0]["curve"]) == 2 and math.isfinite(rows[0]["value"])
+
+
+def test_the_reading_reaches_the_trained_model():
+    """`tfnas train --reading as-scored` trains the model the authors scored (hidden 256)."""
+    trainer = MLMTrainer(SPEC, tiny(reading="as-scored"))
+    assert trainer.model.encoder.electra_config.hidden_size == 256
+    assert MLMTrainer(SPEC, tiny()).model.encoder.electra_config.hidden_size == 128
+    with pytest.raises(TfnasError, match="MLMConfig.reading 'scored' is not one of described, as-trained, as-scored"):
+        tiny(reading="scored")

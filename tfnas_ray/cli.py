@@ -55,6 +55,12 @@ app = typer.Typer(
 )
 
 
+def get_primary_target(benchmark: str) -> str:
+    from tfnas_ray.benchmarks import get_benchmark
+
+    return get_benchmark(benchmark).primary_target
+
+
 def fail(message: str) -> None:
     """Print one line to stderr and exit 1."""
     typer.echo(f"error: {message}", err=True)
@@ -100,6 +106,49 @@ InitSeeds = Annotated[int, typer.Option(help="score under this many initialisati
 Batches = Annotated[int, typer.Option(help="score on this many metric minibatches (minibatch b: the b-th consecutive block of the corpus)")]
 
 
+# nb-bert options, shared by every command that builds nb-bert models (score, reproduce,
+# train; search reuses them): which reading of a config, and how the metric batch is made.
+class ReadingChoice(str, Enum):
+    described = "described"
+    as_scored = "as-scored"
+    as_trained = "as-trained"
+
+
+class ReadingOrAll(str, Enum):
+    described = "described"
+    as_scored = "as-scored"
+    as_trained = "as-trained"
+    all = "all"
+
+
+class ModeChoice(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+_READING_HELP = (
+    "nb-bert: the model a config stands for — described (as written), as-scored (what the "
+    "authors' metric script built: hidden 256, FFN 1024; the published table), as-trained "
+    "(what their pretraining built: all SDP attention)"
+)
+Reading = Annotated[Optional[ReadingChoice], typer.Option(help=_READING_HELP + " [default: described]")]
+SeqLen = Annotated[Optional[int], typer.Option(help="nb-bert: tokens per metric-batch sequence, documents cut or padded [default: 512, the authors']")]
+Mode = Annotated[Optional[ModeChoice], typer.Option(help="nb-bert: train (the authors': dropout on, padding mask ignored) or eval [default: train]")]
+
+
+def _nb_bert_options(reading, seq_len, mode, *, default_reading: str = "described"):
+    """(NbBertOptions, names of the options given) from the shared nb-bert options."""
+    from tfnas_ray.nb_bert_protocol import NbBertOptions
+
+    given = [n for n, v in (("--reading", reading), ("--seq-len", seq_len), ("--mode", mode)) if v is not None]
+    options = NbBertOptions(
+        reading=reading.value if reading is not None else default_reading,
+        seq_len=seq_len,
+        mode=mode.value if mode is not None else None,
+    )
+    return options, given
+
+
 def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, **more):
     """The ScoreConfig of the shared scoring options (`more`: further ScoreConfig fields)."""
     from tfnas_ray.distributed.scoring import ScoreConfig
@@ -129,15 +178,18 @@ def benchmarks() -> None:
 
 @app.command()
 def metrics() -> None:
-    """List the metrics: name, spaces, declared direction, cost, and what it computes."""
+    """List the metrics: name, space, declared direction, cost, and what it computes on
+    that space. A `*` marks a name whose formula differs between spaces."""
     from tfnas_ray.metrics import load_metrics
 
     for name, metric in load_metrics().items():
+        mark = "*" if metric.differs_between_spaces else " "
         for space, impl in metric.impls.items():
-            typer.echo(f"{name:28s} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.summary}")
+            typer.echo(f"{name:28s}{mark} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
             for protocol, variant in impl.variants.items():
                 if variant.differs:
-                    typer.echo(f"{'':28s} {space:8s} --protocol {protocol}: {variant.summary}")
+                    typer.echo(f"{'':28s}  {space:8s} --protocol {protocol}: {variant.summary}")
+    typer.echo("* the same name computes a different formula per space (each line gives its space's); do not compare its values across spaces")
 
 
 @app.command()
@@ -172,18 +224,31 @@ def score(
     protocol: Protocol = "released",
     init_seeds: InitSeeds = 1,
     batches: Batches = 1,
+    reading: Reading = None,
+    seq_len: SeqLen = None,
+    mode: Mode = None,
     address: Address = None,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
     """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
+    from tfnas_ray import tables
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
     from tfnas_ray.pipeline import protocol_options, score_table
 
-    batch_options = ({} if corpus == "ptb" else {"corpus": corpus}) | protocol_options(protocol)
+    with checking_input():  # the archs table is read again, checked, by score_table
+        batch_options = ({} if corpus == "ptb" else {"corpus": corpus}) | protocol_options(protocol)
+        model_options = {}
+        nb, given = _nb_bert_options(reading, seq_len, mode)
+        spaces = set(tables.read_table("archs", archs).column("space").to_pylist())
+        check_applies(spaces, given=given)
+        if NB_BERT in spaces:  # the reading is always recorded (scores column `reading`)
+            batch_options, model_options = {**batch_options, **nb.batch_options}, nb.model_options
     config = _score_config(
-        metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus, batch_options=batch_options, retry_failed=retry_failed
+        metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+        batch_options=batch_options, model_options=model_options, retry_failed=retry_failed,
     )
     try:
         summary = score_table(archs, out, config, address=address, repeats=Repeats(init_seeds, batches), progress=progress, log=typer.echo)
@@ -243,7 +308,12 @@ def reproduce(
     limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
     address: Address = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
-    as_trained: Annotated[bool, typer.Option(help="nb-bert: build every layer as the authors' pretraining did (SDP attention)")] = False,
+    as_trained: Annotated[bool, typer.Option(help="nb-bert: same as --reading as-trained")] = False,
+    reading: Annotated[
+        Optional[ReadingOrAll], typer.Option(help=_READING_HELP + "; all: the three side by side [default: as-scored]")
+    ] = None,
+    seq_len: SeqLen = None,
+    mode: Mode = None,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
     protocol: Protocol = "released",
     init_seeds: InitSeeds = 1,
@@ -253,36 +323,53 @@ def reproduce(
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
+    import dataclasses
+
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.nb_bert_protocol import READINGS, side_by_side
     from tfnas_ray.pipeline import protocol_options
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
+    nb, given = None, []
+    if reading is not None or seq_len is not None or mode is not None:
+        one = None if reading in (None, ReadingOrAll.all) else ReadingChoice(reading.value)
+        nb, given = _nb_bert_options(one, seq_len, mode, default_reading="as-scored")
+    readings = READINGS if reading is ReadingOrAll.all else (None,)
+    results = {}
     try:
-        result = reproduce_benchmark(
-            benchmark,
-            out,
-            _score_config(
-                metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
-                batch_options=protocol_options(protocol), retry_failed=retry_failed,
-            ),
-            limit=limit,
-            address=address,
-            resamples=resamples,
-            as_trained=as_trained,
-            train=train,
-            repeats=Repeats(init_seeds, batches),
-            progress=progress,
-            log=typer.echo,
-        )
+        for r in readings:
+            results[r] = reproduce_benchmark(
+                benchmark,
+                f"{out.rstrip('/')}/{r}" if r is not None else out,
+                _score_config(
+                    metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+                    batch_options=protocol_options(protocol), retry_failed=retry_failed,
+                ),
+                limit=limit,
+                address=address,
+                resamples=resamples,
+                as_trained=as_trained,
+                nb_bert=dataclasses.replace(nb, reading=r) if r is not None else nb,
+                train=train,
+                repeats=Repeats(init_seeds, batches),
+                progress=progress,
+                log=typer.echo,
+            )
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")
-    for line in result.summary.lines():
-        typer.echo(line)
-    typer.echo(result.report())
-    typer.echo(f"tables in {result.out_dir.url}: archs.parquet truth.parquet scores/ correlations.parquet")
-    typer.echo(f"report: {write_report(result.out_dir).url}")
+    for r, result in results.items():
+        if r is not None:
+            typer.echo(f"\n==== reading {r} ====")
+        for line in result.summary.lines():
+            typer.echo(line)
+        typer.echo(result.report())
+        typer.echo(f"tables in {result.out_dir.url}: archs.parquet truth.parquet scores/ correlations.parquet")
+        typer.echo(f"report: {write_report(result.out_dir).url}")
+    if len(results) > 1:
+        target = get_primary_target(benchmark)
+        typer.echo("\n" + side_by_side({r: res.correlations for r, res in results.items()}, target=target))
 
 
 @app.command()
@@ -307,6 +394,9 @@ def search(
     min_hidden: Annotated[Optional[int], typer.Option(help="nb-bert: hidden size at least this")] = None,
     max_hidden: Annotated[Optional[int], typer.Option(help="nb-bert: hidden size at most this")] = None,
     train: Annotated[int, typer.Option(help="train the best N of each method's kept with Ray Tune and report their loss")] = 0,
+    reading: Reading = None,
+    seq_len: SeqLen = None,
+    mode: Mode = None,
     address: Address = None,
     progress: Progress = True,
 ) -> None:
@@ -315,9 +405,13 @@ def search(
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.analysis.search import Constraints
     from tfnas_ray.distributed.scoring import ScoringInterrupted
+    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
     from tfnas_ray.search_pipeline import SearchConfig, parse_methods, search as run_search
 
     with checking_input():
+        nb, given = _nb_bert_options(reading, seq_len, mode)
+        check_applies({space}, given=given)
+        nb_bert = space == NB_BERT
         config = SearchConfig(
             space=space,
             methods=parse_methods(metric),
@@ -327,8 +421,12 @@ def search(
             archs=archs,
             constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
             train=train,
+            reading=nb.reading if nb_bert else None,
         )
-    score_config = _score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus)
+    score_config = _score_config(
+        None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+        batch_options=nb.batch_options if nb_bert else {}, model_options=nb.model_options if nb_bert else {},
+    )
     try:
         result = run_search(config, out, score_config, address=address, progress=progress, log=typer.echo)
     except ScoringInterrupted as stop:
@@ -580,7 +678,7 @@ def analyze_space(
 
 @app.command("build-tokenizer")
 def build_tokenizer(
-    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size")] = 16384,
+    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size (ELECTRA's: 30,522)")] = 30522,
 ) -> None:
     """Retrain the WikiText-2 WordPiece vocabulary shipped with the package (developers)."""
     from tfnas_ray.data.tokenizer import write_vocabulary
@@ -616,6 +714,7 @@ def train(
     train_tokens: Annotated[Optional[int], typer.Option(help="train on the first N training tokens only")] = None,
     valid_tokens: Annotated[Optional[int], typer.Option(help="validate on the first N validation tokens only")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of every trial's initialisation and dropout")] = None,
+    reading: Reading = None,
     scheduler: Annotated[TrainScheduler, typer.Option(help="fifo, or asha early stopping on the validation loss")] = TrainScheduler.fifo,
     gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial (fractions share one); default 1 with GPUs, else 0")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
@@ -638,6 +737,7 @@ def train(
         "train_tokens": train_tokens,
         "valid_tokens": valid_tokens,
         "seed": seed,
+        "reading": reading.value if reading is not None else None,  # nb-bert (MLMConfig) only
     }
     outcome = train_table(archs, out, budget=budget, overrides=overrides, options=options, address=address, log=typer.echo)
     for line in outcome.lines():

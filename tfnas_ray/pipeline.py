@@ -20,6 +20,7 @@ from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identi
 from tfnas_ray.errors import TfnasError, checking_input
 from tfnas_ray.lease import hold
 from tfnas_ray.metrics import load_metrics
+from tfnas_ray.nb_bert_protocol import NB_BERT, NbBertOptions, degeneracy_flags, with_flags
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location, locate
 
@@ -175,6 +176,8 @@ class ReproduceResult:
     correlations: pa.Table
     short_runs: pa.Table | None = None  # with --train N: τ of short runs vs published, metrics vs short runs
     protocol_note: str = ""  # nb-nlp: which columns the protocol computes as published
+    reading: str | None = None  # nb-bert: the reading scored
+    gradient_checks: tuple = ()  # nb-bert: float64 check of the paper's objective (GradientCheck)
 
     def report(self) -> str:
         from tfnas_ray.analysis.correlation import format_correlations
@@ -182,6 +185,15 @@ class ReproduceResult:
         text = format_correlations(self.correlations)
         if self.protocol_note:
             text += "\n\n" + self.protocol_note
+        if self.reading is not None:
+            text = f"nb-bert reading: {self.reading}\n" + text
+        if self.gradient_checks:
+            text += "\n\nthe paper's objective R = Σ output, recomputed in float64 on the first architecture:\n"
+            text += "\n".join("  " + check.describe() for check in self.gradient_checks)
+            flagged = [r for r in self.correlations.to_pylist() if r.get("flag")]
+            if flagged:
+                columns = sorted({r["metric"] for r in flagged})
+                text += f"\nflagged degenerate in correlations.parquet (column `flag`): {', '.join(columns)}"
         if self.short_runs is not None:
             from tfnas_ray.analysis.short_runs import format_short_run_report
 
@@ -230,6 +242,7 @@ def reproduce(
     address: str | None = None,
     resamples: int = 1000,
     as_trained: bool = False,
+    nb_bert: NbBertOptions | None = None,
     train: int = 0,
     repeats: Repeats = Repeats(),
     progress: bool = True,
@@ -242,8 +255,10 @@ def reproduce(
     `config` says how to score; its empty `metrics` means the benchmark's default columns.
     With `PAPER_PROTOCOL` (fixed seeding, seed 0) our values equal the authors' published
     per-architecture values. `limit` keeps the first N archs.
-    `as_trained` builds nb-bert models as the authors' pretraining did (every layer
-    scaled-dot-product attention). `train` > 0 also trains that many of the benchmark's
+    `nb_bert` says which reading to build and how to batch (default: as-scored, the
+    models of the published table; 512 tokens, train mode — the authors' protocol);
+    `as_trained` is the older spelling of `NbBertOptions(reading="as-trained")`. On
+    nb-bert the paper's gradient columns are checked in float64 and flagged. `train` > 0 also trains that many of the benchmark's
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
     `repeats` (`--init-seeds S --batches B`) scores under several seeds and minibatches;
@@ -254,31 +269,44 @@ def reproduce(
         out = check_output(out_dir)
         if limit is not None and limit < 1:
             raise TfnasError(f"--limit must be >= 1, got {limit}")
-        if as_trained and bench.space != "nb-bert":
-            raise TfnasError(f"--as-trained applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
         if train < 0:
             raise TfnasError(f"--train must be >= 0, got {train}")
-        config = dataclasses.replace(
-            config,
-            metrics=tuple(config.metrics or bench.default_metrics),
-            model_options={**config.model_options, **({"as_trained": True} if as_trained else {})},
-        )
+        if (as_trained or nb_bert is not None) and bench.space != NB_BERT:
+            what = "--as-trained" if as_trained else "--reading/--seq-len/--mode"
+            raise TfnasError(f"{what} applies to nb-bert only, not to {benchmark_name!r} ({bench.space})")
+        config = dataclasses.replace(config, metrics=tuple(config.metrics or bench.default_metrics))
+        nb = None
+        if bench.space == NB_BERT:
+            nb = nb_bert or NbBertOptions(reading="as-trained" if as_trained else "as-scored")
+            if as_trained and nb.reading != "as-trained":
+                raise TfnasError(f"--as-trained and --reading {nb.reading} are different readings; pick one")
+            config = dataclasses.replace(
+                config,
+                model_options={**config.model_options, **nb.model_options},
+                batch_options={**config.batch_options, **nb.batch_options},
+            )
         plan_identity(config, [bench.space])
         check_protocol(config, [bench.space])
         check_batch_options([bench.space], config.batch_options)
         archs, truth = bench.load()
     with hold(out, log=log):  # one run per output directory, taken before anything is written
         return _reproduce_into(
-            out, bench, archs, truth, config, limit=limit, address=address, resamples=resamples, train=train, repeats=repeats, progress=progress, log=log
+            out, bench, archs, truth, config, nb,
+            limit=limit, address=address, resamples=resamples, train=train, repeats=repeats, progress=progress, log=log,
         )
 
 
-def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, *, limit, address, resamples, train, repeats, progress, log) -> ReproduceResult:
+def _reproduce_into(
+    out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, nb: NbBertOptions | None,
+    *, limit, address, resamples, train, repeats, progress, log,
+) -> ReproduceResult:
     """`reproduce` after its checks, holding the lease of `out`."""
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
     from tfnas_ray.distributed.cluster import connect
 
     archs, truth = select_benchmark(archs, truth, limit)
+    if nb is not None:
+        archs = archs.replace_schema_metadata({**(archs.schema.metadata or {}), b"reading": nb.reading.encode()})
     write_benchmark(out, archs, truth)
     connect(address)
     summary = run_repeated_scoring(archs, out.child("scores"), config, repeats, progress=progress, log=log)
@@ -291,10 +319,23 @@ def _reproduce_into(out: Location, bench, archs: pa.Table, truth: pa.Table, conf
         metrics=list(config.metrics),
         targets=targets,
     )
+    checks = ()
+    if nb is not None:
+        from tfnas_ray.metrics.scoring import arch_seed
+
+        first_id, first_spec = archs.column("arch_id")[0].as_py(), archs.column("spec")[0].as_py()
+        checks, flags = degeneracy_flags(
+            first_spec, reading=nb.reading, seed=arch_seed(first_id, config.seed, config.seeding),
+            batch_options=config.batch_options,
+        )
+        correlations = with_flags(correlations, flags)
     tables.write_table("correlations", correlations, out.child("correlations.parquet"))
     short_runs = _train_short_runs(archs, truth, summary.table, out, train, seed=config.seed, log=log) if train else None
     note = protocol_report(config.metrics, bench.space, config.batch_options.get("protocol", "released"))
-    return ReproduceResult(out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs, protocol_note=note)
+    return ReproduceResult(
+        out_dir=out, summary=summary, correlations=correlations, short_runs=short_runs, protocol_note=note,
+        reading=nb.reading if nb is not None else None, gradient_checks=tuple(checks),
+    )
 
 
 def _train_short_runs(archs: pa.Table, truth: pa.Table, scores: pa.Table, out: Location, n: int, *, seed: int, log) -> pa.Table:

@@ -62,6 +62,8 @@ class SearchConfig:
         archs: an archs table to take the candidates from instead of drawing.
         constraints: limits on parameter count (and nb-bert shape).
         train: train the best this many of each method's kept with Ray Tune (0: none).
+        reading: nb-bert: the reading whose parameter count the constraints and the
+            Pareto front use (None for nb-nlp; the CLI's default "described").
     """
 
     space: str
@@ -72,6 +74,7 @@ class SearchConfig:
     archs: str | None = None
     constraints: Constraints = field(default_factory=Constraints)
     train: int = 0
+    reading: str | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -94,6 +97,7 @@ class SearchConfig:
             "seed": self.seed,
             "archs": self.archs,
             "constraints": dataclasses.asdict(self.constraints),
+            **({"reading": self.reading} if self.reading else {}),
         }
 
 
@@ -129,13 +133,12 @@ class SearchResult:
         return out
 
 
-def parameter_count(space_name: str, spec: str) -> int:
-    """The parameter count of an architecture, as the `params` metric reports it."""
+def parameter_count(space_name: str, spec: str, *, reading: str | None = None) -> int:
+    """The parameter count of an architecture, as the `params` metric reports it,
+    counted from the spec (no model is built); nb-bert under `reading`."""
     space = get_space(space_name)
-    if hasattr(space, "count_parameters"):  # nb-nlp: counted from the recipe, no model
-        return int(space.count_parameters(spec))
-    model = space.build(spec)
-    return int(sum(p.numel() for p in model.parameters()))
+    options = {"reading": reading} if reading else {}
+    return int(space.count_parameters(spec, **options))
 
 
 def _admitted(space: str, spec: str, constraints: Constraints, params: int) -> bool:
@@ -163,7 +166,7 @@ def draw_candidates(config: SearchConfig, *, log: Callable[[str], None] = print)
     def consider(arch_id: str, spec: str, source: str, benchmark_id: str | None) -> None:
         if arch_id in counts or (config.candidates is not None and len(rows) >= config.candidates):
             return
-        counts[arch_id] = params = parameter_count(config.space, spec)
+        counts[arch_id] = params = parameter_count(config.space, spec, reading=config.reading)
         if _admitted(config.space, spec, config.constraints, params):
             rows.append({"arch_id": arch_id, "space": config.space, "spec": spec, "source": source, "benchmark_id": benchmark_id, "params": params})
 

@@ -44,6 +44,7 @@ SCORES = pa.schema(
         pa.field("version", pa.string()),  # tfnas_ray.__version__
         pa.field("protocol", pa.string()),  # nb-nlp paper columns: "released" | "published"
         pa.field("batch", pa.int64()),  # index of the metric minibatch (`--batches`); null = 0
+        pa.field("reading", pa.string()),  # nb-bert: the model reading scored (as-scored, …); null elsewhere
     ]
 )
 

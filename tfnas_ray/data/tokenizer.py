@@ -1,4 +1,5 @@
-"""A WordPiece tokenizer trained on WikiText-2 train, and the nb-bert metric minibatch.
+"""A WordPiece tokenizer trained on WikiText-2 train, and the nb-bert metric minibatch
+(`document_batch`: the authors' protocol on WikiText-2 articles).
 
 No model hub: the vocabulary ships as package data (`files/wordpiece-wt2-vocab.txt.xz`)
 and is regenerated, byte for byte, with
@@ -25,7 +26,7 @@ from tfnas_ray.data.corpora import read_text
 from tfnas_ray.errors import TfnasError
 
 VOCAB_FILE = "wordpiece-wt2-vocab.txt.xz"
-VOCAB_SIZE = 16384
+VOCAB_SIZE = 30522  # ELECTRA's (and BERT's) uncased WordPiece vocabulary size: the embedding the authors initialised
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, BERT order of roles
 PAD, UNK, CLS, SEP, MASK = range(5)
 
@@ -92,19 +93,43 @@ def load_tokenizer() -> Tokenizer:
     return _empty_tokenizer({token: i for i, token in enumerate(vocabulary())})
 
 
-def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "train", index: int = 0) -> dict[str, torch.Tensor]:
-    """The fixed nb-bert metric minibatch: `batch_size` sequences `[CLS] w… [SEP]` of
-    `seq_len` tokens, cut one after another from the start of WikiText-2 `split`.
+def wikitext_articles(split: str = "train") -> list[str]:
+    """The articles of WikiText-2 `split`, in order, each its non-empty lines joined by
+    spaces, `<unk>` as `[UNK]`. An article starts at a top-level heading ` = Title = `
+    (sub-headings have two or more `=`) standing between blank lines, with two blank
+    lines before it — the layout WikiText gives article titles (a table's legend line
+    such as ` = Goals ; A = ` has text right before or after it). WikiText-2 is cut from
+    Wikipedia articles, so these are its documents: the offline stand-in for OpenWebText's."""
+    lines = read_text("wikitext-2", split).splitlines()
+    blank = [not line.strip() for line in lines]
+    articles: list[list[str]] = []
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if not text:
+            continue
+        title = (
+            text.startswith("= ") and text.endswith(" =") and not text.startswith("= =")
+            and all(i - k < 0 or blank[i - k] for k in (1, 2))
+            and (i + 1 >= len(lines) or blank[i + 1])
+        )
+        if title:
+            articles.append([])
+        if articles:
+            articles[-1].append(text.replace("<unk>", "[UNK]"))
+    return [" ".join(article) for article in articles]
 
-    Lines are encoded in order and their tokens concatenated; sequence i holds tokens
-    [(index·batch_size + i)·(seq_len−2), (index·batch_size + i + 1)·(seq_len−2)) of that
-    stream: minibatch `index` is the block of sequences right after minibatch index−1. No padding, so the attention mask
-    is all ones. The same arguments give the same batch on every machine.
+
+def document_batch(*, batch_size: int = 128, seq_len: int = 512, split: str = "train", index: int = 0) -> dict[str, torch.Tensor]:
+    """The nb-bert metric minibatch under the authors' protocol, offline: the first
+    `batch_size` WikiText-2 articles (minibatch `index`: the `batch_size` articles right
+    after minibatch index−1's, for `--batches`), each encoded `[CLS] w… [SEP]`, cut to `seq_len`
+    tokens (the [SEP] kept last) or padded with [PAD] to it — as ELECTRA's tokenizer with
+    `truncation=True, padding="max_length"` did to OpenWebText documents.
 
     Returns:
-        {"input_ids": (batch_size, seq_len) int64, "attention_mask": same shape, int64}.
+        {"input_ids": (batch_size, seq_len) int64, "attention_mask": 1 on tokens, 0 on padding}.
     Raises:
-        TfnasError: a size below the minimum.
+        TfnasError: a size outside its range.
     """
     if batch_size < 2:
         raise TfnasError(f"batch_size must be >= 2, got {batch_size}")
@@ -112,22 +137,21 @@ def metric_batch(*, batch_size: int = 128, seq_len: int = 128, split: str = "tra
         raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {seq_len}")
     if index < 0:
         raise TfnasError(f"minibatch index must be >= 0, got {index}")
-    body = seq_len - 2
-    skip = index * batch_size * body
-    needed = skip + batch_size * body
+    articles = wikitext_articles(split)
+    first = index * batch_size
+    if len(articles) < first + batch_size:
+        raise TfnasError(
+            f"WikiText-2 {split} has only {len(articles)} articles; minibatch {index} of batch_size {batch_size} "
+            f"needs {first + batch_size}"
+        )
     tokenizer = load_tokenizer()
-    stream: list[int] = []
-    for line in _wikitext_lines(split):
-        stream.extend(tokenizer.encode(line, add_special_tokens=False).ids)
-        if len(stream) >= needed:
-            break
-    if len(stream) < needed:
-        raise TfnasError(f"WikiText-2 {split} has only {len(stream)} tokens; {needed} needed")
-    ids = torch.tensor(stream[skip:needed], dtype=torch.long).view(batch_size, body)
-    cls = torch.full((batch_size, 1), CLS, dtype=torch.long)
-    sep = torch.full((batch_size, 1), SEP, dtype=torch.long)
-    input_ids = torch.cat([cls, ids, sep], dim=1)  # (batch_size, seq_len)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    input_ids = torch.full((batch_size, seq_len), PAD, dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, seq_len), dtype=torch.long)
+    for row, encoding in enumerate(tokenizer.encode_batch(articles[first : first + batch_size], add_special_tokens=False)):
+        ids = [CLS] + encoding.ids[: seq_len - 2] + [SEP]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class MetricImpl:
     fn: Callable[["MetricContext"], float]
     needs: tuple[str, ...]  # names of the passes it reads (shared between metrics)
     cost: str  # what it runs, for `tfnas metrics`: "forward", "forward+backward", …
+    summary: str = ""  # this space's formula: one name may compute different things per space
     # Bumped whenever a change makes this implementation give other values: it enters
     # the identity of score shards (so a rerun recomputes the old values instead of
     # keeping them) and the scores table's `version` column.
@@ -84,8 +85,19 @@ class Metric:
 
     name: str
     direction: Direction
-    summary: str  # one line: formula and source
+    summary: str  # one line: formula and source (of the first space registered)
     impls: dict[str, MetricImpl] = field(default_factory=dict)
+
+    def formula(self, space: str) -> str:
+        """The formula this metric computes on `space` (its own summary)."""
+        return self.impl(space).summary or self.summary
+
+    @property
+    def differs_between_spaces(self) -> bool:
+        """True when the same name is computed by different formulas on different spaces
+        (e.g. `activation_distance`: a log-det over samples for RNNs, a sum over tokens for
+        BERT), so its values are not comparable across spaces."""
+        return len({self.formula(space) for space in self.impls}) > 1
 
     def impl(self, space: str) -> MetricImpl:
         if space not in self.impls:
@@ -152,7 +164,7 @@ def register_metric(
             METRICS.add(name, metric)
         if space in metric.impls:
             raise TfnasError(f"metric {name!r} is already registered for space {space!r}")
-        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost, version=version)
+        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost, summary=summary, version=version)
         return fn
 
     return decorator

@@ -106,6 +106,7 @@ def score_architecture(
                 "device": str(device),
                 "version": score_version(impl),
                 "protocol": getattr(batch, "protocol", None),  # null: the space has one protocol
+                "reading": (options or {}).get("reading"),
             }
         )
     return rows

@@ -1,11 +1,23 @@
 """Training-free metrics for NAS-Bench-BERT encoders (space `nb-bert`).
 
 The paper's transformer columns (Serianni & Kalita 2023, their `BERT_metrics.ipynb`)
-come from ONE pass, `sum_output`: the model in eval mode (dropout off, so values are
-deterministic; the authors' notebook left dropout on) runs forward on the metric
-minibatch (128 WikiText-2 sequences × 128 tokens, `tfnas_ray.data.tokenizer`), then
-backward of R = Σ last_hidden_state (an all-ones output gradient). Every column reads
-that pass; `_normalized` divides a column by the number of modules it summed over.
+come from ONE pass, `sum_output`: the model runs forward on the metric minibatch
+(`tfnas_ray.data.tokenizer.document_batch`: 128 WikiText-2 articles cut or padded to
+`seq_len` tokens), then backward of R = Σ last_hidden_state (an all-ones output
+gradient). Every column reads that pass; `_normalized` divides a column by the number of
+modules it summed over. The batch's `mode` says how the model runs: "train" is the
+authors' (dropout on, drawn from a generator seeded with the architecture's seed so the
+values are reproducible; the padding mask not applied), "eval" is dropout off with the
+padding mask.
+
+R is degenerate: the last LayerNorm (γ = 1, β = 0 at init) makes Σ output = H·Σβ for
+every input, so ∂R/∂θ = 0 for every parameter under it, and the paper's gradient columns
+(head importance, synaptic saliency and diversity, the Jacobian score) rank float32
+round-off. `gradient_degeneracy` shows it in float64. The `_mlm` variants compute the
+same formulas on a gradient that measures something: the masked-language-model loss of
+ELECTRA's generator head (`tfnas_ray.training.mlm.MLMHead`, tied to the word embeddings)
+on the same batch, 15 % of its tokens masked with a fixed generator (`mlm` pass). The
+standard proxies `grad_norm`, `snip`, `fisher`, `grasp` use that loss too.
 
 Modules read (shapes: B batch, T tokens, H hidden, F feed-forward width, E = 128):
 - *projections* of a layer's operation: the Linear layers into head space — SA: query,
@@ -16,10 +28,14 @@ Modules read (shapes: B batch, T tokens, H hidden, F feed-forward width, E = 128
 - *feed-forward modules*: every Linear of the stacked intermediate layers and of the
   down-projection; their GELU outputs are the *activations*.
 
-The standard proxies: `grad_norm` and `snip` use the same pass with L = R = Σ output
-(there is no LM head in the encoder); `synflow` has its own pass (|θ|, float64, an
+The standard proxies: `grad_norm`, `snip`, `fisher` read the `mlm` pass, `grasp` its own
+(a Hessian-vector product of the MLM loss); `synflow` has its own pass (|θ|, float64, an
 all-ones input embedding of one sequence); `naswot` reads the activations of
-`sum_output`. Every parameter counts in those three (embeddings included).
+`sum_output`. Every parameter counts (embeddings and the MLM head included).
+
+A pass computes only what the metrics scored with it need (`MetricContext.wanted`; all
+when empty): NASWOT's B × B kernel, activation distance and the nuclear norms are each
+skipped when no requested metric reads them.
 """
 
 from __future__ import annotations
@@ -46,19 +62,78 @@ SPACE = "nb-bert"
 JACOB_K = 1e-5  # the authors' regulariser in −Σ[log(λ+k) + 1/(λ+k)]
 
 
+MODES = ("train", "eval")
+BATCH_DEFAULTS = {"batch_size": 128, "seq_len": 512, "mode": "train"}  # the authors' protocol
+MLM_MASK_PROB = 0.15  # BERT's and ELECTRA's
+MLM_MASK_SEED = 0  # the masked positions are fixed: every architecture sees the same ones
+
+
 @lru_cache(maxsize=4)
 def _cached_batch(batch_size: int, seq_len: int, index: int = 0) -> dict[str, torch.Tensor]:
-    from tfnas_ray.data.tokenizer import metric_batch
+    from tfnas_ray.data.tokenizer import document_batch
 
-    return metric_batch(batch_size=batch_size, seq_len=seq_len, index=index)
+    return document_batch(batch_size=batch_size, seq_len=seq_len, index=index)
 
 
 @register_batch(SPACE)
-def nb_bert_batch(options: Mapping) -> dict[str, torch.Tensor]:
-    """The metric minibatch: `batch_size` (128) WikiText-2 sequences of `seq_len` (128)
-    WordPiece tokens, fixed (cached per process). The tensors are shared: do not mutate.
-    Option `index` (0): the index-th block of `batch_size` consecutive sequences (`--batches`)."""
-    return _cached_batch(int(options.get("batch_size", 128)), int(options.get("seq_len", 128)), int(options.get("index", 0)))
+def nb_bert_batch(options: Mapping) -> dict:
+    """The metric minibatch (cached per process; the tensors are shared, do not mutate):
+
+    - batch_size (128), seq_len (512): the first `batch_size` WikiText-2 train articles,
+      `[CLS] … [SEP]`, cut or padded to `seq_len` (`document_batch`);
+    - mode: "train" (the authors': dropout on, padding mask ignored) or "eval";
+    - index (0): minibatch `index` is the next `batch_size` articles after minibatch
+      index−1's (`--batches`).
+
+    Raises:
+        TfnasError: an unknown option or mode.
+    """
+    from tfnas_ray.errors import TfnasError
+
+    allowed = [*BATCH_DEFAULTS, "index"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TfnasError(f"nb-bert batch option(s) {unknown} unknown; allowed: {', '.join(allowed)}")
+    merged = {**BATCH_DEFAULTS, **options}
+    if merged["mode"] not in MODES:
+        raise TfnasError(f"--mode {merged['mode']!r} is not one of {', '.join(MODES)}")
+    batch = _cached_batch(int(merged["batch_size"]), int(merged["seq_len"]), int(merged.get("index", 0)))
+    return {**batch, "mode": merged["mode"]}
+
+
+def _inputs(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(input_ids, attention mask or None, mode) of the context's batch, on its device.
+    In train mode the mask is dropped, as the authors' layers ignored it."""
+    mode = ctx.batch.get("mode", "eval")
+    ids = ctx.batch["input_ids"].to(ctx.device)
+    mask = ctx.batch.get("attention_mask")
+    return ids, (mask.to(ctx.device) if mask is not None and mode == "eval" else None), mode
+
+
+class _Mode:
+    """Put the model in the batch's mode; in train mode, draw dropout from a generator
+    seeded with the architecture's seed (the caller's random state is restored), so the
+    same architecture gets the same values on every worker."""
+
+    def __init__(self, model: nn.Module, mode: str, ctx: MetricContext):
+        self._model, self._mode, self._ctx = model, mode, ctx
+        self._fork = None
+
+    def __enter__(self):
+        self._model.train(self._mode == "train")
+        devices = [self._ctx.device] if self._ctx.device.type == "cuda" else []
+        self._fork = torch.random.fork_rng(devices=devices)
+        self._fork.__enter__()
+        torch.manual_seed(self._ctx.seed)
+        return self._model
+
+    def __exit__(self, *exc):
+        return self._fork.__exit__(*exc)
+
+
+def _wants(ctx: MetricContext, *metrics: str) -> bool:
+    """Does any metric scored in this context read this part of a pass? (all when unknown)"""
+    return not ctx.wanted or any(m in ctx.wanted for m in metrics)
 
 
 # ---- the passes ------------------------------------------------------------------------
@@ -76,9 +151,8 @@ class SumOutputPass:
         synaptic_saliency: per feed-forward Linear: Σ|W ⊙ ∂R/∂W|.
         activation_distance: per activation: Σ_ij K_ij over the first sequence's tokens.
         position_gradient: ∂R/∂(position embeddings) of the T used positions, (T, E).
-        naswot_kernel: (B, B) Hamming-agreement kernel over all activations.
-        grad_norm: Σ over parameters of ‖∂R/∂θ‖₂.
-        snip: Σ over parameters of Σ|θ ⊙ ∂R/∂θ|.
+        naswot_kernel: (B, B) Hamming-agreement kernel over all activations (None when
+            no requested metric reads it).
     """
 
     head_confidence: tuple[float, ...]
@@ -88,9 +162,7 @@ class SumOutputPass:
     synaptic_saliency: tuple[float, ...]
     activation_distance: tuple[float, ...]
     position_gradient: np.ndarray
-    naswot_kernel: np.ndarray
-    grad_norm: float
-    snip: float
+    naswot_kernel: np.ndarray | None
 
 
 def _agreement(codes: torch.Tensor) -> torch.Tensor:
@@ -100,7 +172,8 @@ def _agreement(codes: torch.Tensor) -> torch.Tensor:
     Products of 0/1 values are exact in float32 while m < 2^24.
     """
     m = codes.shape[1]
-    s = codes.sum(dim=1, dtype=torch.float64)
+    # Row sums in float32 are exact integers (m < 2^24) and avoid a float64 copy of codes.
+    s = codes.sum(dim=1).double()
     return m - s[:, None] - s[None, :] + 2.0 * (codes @ codes.T).double()
 
 
@@ -108,67 +181,216 @@ def _linears(*modules: nn.Module | None) -> list[nn.Linear]:
     return [m for module in modules if module is not None for m in module.modules() if isinstance(m, nn.Linear)]
 
 
+def _paper_modules(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Linear], list[nn.Linear]]:
+    """(projections, operation Linear layers, feed-forward Linear layers), layer order."""
+    projections = [getattr(layer.operation, name) for layer in model.layers for name in layer.operation.projections]
+    operation = [l for layer in model.layers for l in _linears(layer.operation, layer.operation_output)]
+    ffn = [l for layer in model.layers for l in _linears(layer.intermediate, layer.output)]
+    return projections, operation, ffn
+
+
+def _saliency(weight: torch.Tensor, grad: torch.Tensor) -> float:
+    return float((weight.detach() * grad).abs().sum())
+
+
+def _diversity(weight: torch.Tensor, grad: torch.Tensor) -> float:
+    w = torch.linalg.matrix_norm(weight.detach().double(), ord="nuc")
+    g = torch.linalg.matrix_norm(grad.double(), ord="nuc")
+    return float(w * g)
+
+
+_DIVERSITY = ("synaptic_diversity", "synaptic_diversity_normalized")
+_DISTANCE = ("activation_distance", "activation_distance_normalized")
+
+
 @register_pass(SPACE, "sum_output")
 def sum_output_pass(ctx: MetricContext) -> SumOutputPass:
-    """Forward on the minibatch with hooks, then backward of R = Σ last_hidden_state."""
-    model = ctx.model().eval()
-    batch = {k: v.to(ctx.device) for k, v in ctx.batch.items()}
-    B = batch["input_ids"].shape[0]
+    """Forward on the minibatch with hooks, then ∂R/∂θ of R = Σ last_hidden_state for the
+    weights the paper's columns read (autograd.grad: no gradient is accumulated for the
+    word embeddings or any parameter no column reads)."""
+    model = ctx.model()
+    ids, mask, mode = _inputs(ctx)
+    B = ids.shape[0]
+    want_kernel = _wants(ctx, "naswot")
+    want_distance = _wants(ctx, *_DISTANCE)
 
     head_confidence: list[float] = []
     activation_distance: list[float] = []
-    naswot_kernel = torch.zeros(B, B, dtype=torch.float64, device=ctx.device)
+    naswot_kernel = torch.zeros(B, B, dtype=torch.float64, device=ctx.device) if want_kernel else None
 
     def projection_hook(module, inputs, output):  # output (B, T, D)
         head_confidence.append(float(output.detach().max(dim=1).values.mean()))
 
     def activation_hook(module, inputs, output):  # output (B, T, F), after GELU
         codes = (output.detach() > 0).to(torch.float32)
-        # the authors read the first sequence, tokens as rows: (T, F) → K (T, T)
-        activation_distance.append(float(_agreement(codes[0]).sum()))
-        naswot_kernel.add_(_agreement(codes.reshape(B, -1)))  # (B, T·F) → (B, B)
+        if want_distance:
+            # the authors read the first sequence, tokens as rows: (T, F) → K (T, T)
+            activation_distance.append(float(_agreement(codes[0]).sum()))
+        if want_kernel:
+            naswot_kernel.add_(_agreement(codes.reshape(B, -1)))  # (B, T·F) → (B, B)
 
-    handles = []
-    projections: list[nn.Linear] = []
+    projections, operation_linears, ffn_linears = _paper_modules(model)
+    handles = [p.register_forward_hook(projection_hook) for p in projections]
+    if want_distance or want_kernel:
+        handles += [block.register_forward_hook(activation_hook) for layer in model.layers for block in layer.intermediate.layers]
     try:
-        for layer in model.layers:
-            for name in layer.operation.projections:
-                projections.append(getattr(layer.operation, name))
-                handles.append(projections[-1].register_forward_hook(projection_hook))
-            for block in layer.intermediate.layers:
-                handles.append(block.register_forward_hook(activation_hook))
-        out = model(batch["input_ids"], batch["attention_mask"], output_attentions=True)
+        with _Mode(model, mode, ctx):
+            out = model(ids, mask, output_attentions=True)
+            # The authors: torch.max(scores, 1) — axis 1 is the head axis of (B, nh, T, ·).
+            softmax_confidence = [float(s.detach().max(dim=1).values.mean()) for s in out.attentions]
+            position = model.embeddings.position_embeddings.weight
+            weights = [l.weight for l in projections + operation_linears + ffn_linears]
+            unique = list({id(w): w for w in weights}.values())
+            grads = torch.autograd.grad(out.last_hidden_state.sum(), unique + [position])
     finally:
         for handle in handles:
             handle.remove()
-    # The authors: torch.max(scores, 1) — axis 1 is the head axis of (B, nh, T, ·).
-    softmax_confidence = [float(s.detach().max(dim=1).values.mean()) for s in out.attentions]
-    out.last_hidden_state.sum().backward()
-
-    def saliency(linear: nn.Linear) -> float:
-        return float((linear.weight.detach() * linear.weight.grad).abs().sum())
-
-    def diversity(linear: nn.Linear) -> float:
-        w = torch.linalg.matrix_norm(linear.weight.detach().double(), ord="nuc")
-        g = torch.linalg.matrix_norm(linear.weight.grad.double(), ord="nuc")
-        return float(w * g)
-
-    operation_linears = [l for layer in model.layers for l in _linears(layer.operation, layer.operation_output)]
-    ffn_linears = [l for layer in model.layers for l in _linears(layer.intermediate, layer.output)]
-    T = batch["input_ids"].shape[1]
-    with_grad = [p for p in model.parameters() if p.grad is not None]
+    grad_of = {id(w): g for w, g in zip(unique, grads)}
+    want_diversity = _wants(ctx, *_DIVERSITY)
+    T = ids.shape[1]
     return SumOutputPass(
         head_confidence=tuple(head_confidence),
         softmax_confidence=tuple(softmax_confidence),
-        head_importance=tuple(saliency(l) for l in projections),
-        synaptic_diversity=tuple(diversity(l) for l in operation_linears),
-        synaptic_saliency=tuple(saliency(l) for l in ffn_linears),
+        head_importance=tuple(_saliency(l.weight, grad_of[id(l.weight)]) for l in projections),
+        synaptic_diversity=tuple(_diversity(l.weight, grad_of[id(l.weight)]) for l in operation_linears) if want_diversity else (),
+        synaptic_saliency=tuple(_saliency(l.weight, grad_of[id(l.weight)]) for l in ffn_linears),
         activation_distance=tuple(activation_distance),
-        position_gradient=model.embeddings.position_embeddings.weight.grad[:T].detach().double().cpu().numpy(),
-        naswot_kernel=naswot_kernel.cpu().numpy(),
-        grad_norm=float(sum(p.grad.double().norm() for p in with_grad)),
-        snip=float(sum((p.detach().double() * p.grad.double()).abs().sum() for p in with_grad)),
+        position_gradient=grads[-1][:T].detach().double().cpu().numpy(),
+        naswot_kernel=naswot_kernel.cpu().numpy() if want_kernel else None,
     )
+
+
+def mlm_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking of the metric batch, drawn from a fixed generator (MLM_MASK_SEED):
+    15 % of the real tokens (never [CLS], [SEP] or padding) are chosen; 80 % of those
+    become [MASK], 10 % a random token, 10 % stay. Returns (inputs, labels with −100
+    where not chosen). A batch without a chosen token gets its first body token chosen."""
+    from tfnas_ray.data.tokenizer import CLS, MASK, PAD, SEP
+
+    g = torch.Generator().manual_seed(MLM_MASK_SEED)
+    ids = input_ids.cpu()
+    eligible = (ids != CLS) & (ids != SEP) & (ids != PAD)
+    if attention_mask is not None:
+        eligible &= attention_mask.cpu().bool()
+    chosen = (torch.rand(ids.shape, generator=g) < MLM_MASK_PROB) & eligible
+    if not chosen.any() and eligible.any():  # tiny batches: the loss needs a target
+        b, t = eligible.nonzero()[0].tolist()
+        chosen[b, t] = True
+    roll = torch.rand(ids.shape, generator=g)
+    random_ids = torch.randint(5, vocab_size, ids.shape, generator=g)  # never a special token
+    inputs = torch.where(chosen & (roll < 0.8), torch.full_like(ids, MASK), ids)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    return inputs.to(input_ids.device), labels.to(input_ids.device)
+
+
+def _with_head(ctx: MetricContext, model: nn.Module) -> nn.Module:
+    """The encoder with ELECTRA's generator head (tied decoder), the head drawn from a
+    generator seeded with the architecture's seed (reproducible, caller's state kept)."""
+    from tfnas_ray.training.mlm import MLMModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        return MLMModel(model).to(ctx.device)
+
+
+def _mlm_loss(mlm: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy of the head's logits at the chosen positions."""
+    hidden = mlm.encoder(inputs, mask).last_hidden_state  # (B, T, H)
+    chosen = labels != -100
+    return nn.functional.cross_entropy(mlm.head(hidden[chosen]), labels[chosen])
+
+
+@dataclass(frozen=True)
+class MlmPass:
+    """Gradients of the MLM loss L (see the module doc) on the same batch.
+
+    Attributes:
+        head_importance, synaptic_saliency, synaptic_diversity: as in `SumOutputPass`,
+            with ∂L/∂W in place of ∂R/∂W.
+        position_gradient: ∂L/∂(position embeddings) of the T used positions, (T, E).
+        grad_norm: Σ over every parameter tensor of ‖∂L/∂θ‖₂.
+        snip: Σ over every parameter of |θ ⊙ ∂L/∂θ|.
+        fisher: Σ over FFN activations a (B, T, F) of Σ_units ½·mean_b(Σ_t a ⊙ ∂L/∂a)².
+    """
+
+    head_importance: tuple[float, ...]
+    synaptic_saliency: tuple[float, ...]
+    synaptic_diversity: tuple[float, ...]
+    position_gradient: np.ndarray
+    grad_norm: float
+    snip: float
+    fisher: float
+
+
+@register_pass(SPACE, "mlm")
+def mlm_pass(ctx: MetricContext) -> MlmPass:
+    """Forward of the encoder and its MLM head on the masked batch, ∂L/∂θ for every
+    parameter and ∂L/∂a for every feed-forward activation, in one autograd.grad."""
+    mlm = _with_head(ctx, ctx.model())
+    ids, mask, mode = _inputs(ctx)
+    inputs, labels = mlm_inputs(ids, ctx.batch.get("attention_mask"), vocab_size=mlm.head.decoder.out_features)
+    activations: list[torch.Tensor] = []
+    handles = [
+        block.register_forward_hook(lambda m, i, out: activations.append(out))
+        for layer in mlm.encoder.layers
+        for block in layer.intermediate.layers
+    ]
+    params = list(mlm.parameters())  # the tied embedding/decoder weight once
+    try:
+        with _Mode(mlm, mode, ctx):
+            loss = _mlm_loss(mlm, inputs, mask, labels)
+            grads = torch.autograd.grad(loss, params + activations, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    param_grads = dict(zip(map(id, params), grads[: len(params)]))
+    fisher = 0.0
+    for a, g in zip(activations, grads[len(params):]):
+        per_sample = (a.detach() * g).sum(dim=1)  # (B, F): Σ over tokens
+        fisher += float(0.5 * per_sample.double().pow(2).mean(dim=0).sum())
+    projections, operation_linears, ffn_linears = _paper_modules(mlm.encoder)
+
+    def grad(p):
+        g = param_grads[id(p)]
+        return torch.zeros_like(p) if g is None else g
+
+    reached = [(p, g) for p, g in zip(params, grads[: len(params)]) if g is not None]
+    T = ids.shape[1]
+    return MlmPass(
+        head_importance=tuple(_saliency(l.weight, grad(l.weight)) for l in projections),
+        synaptic_saliency=tuple(_saliency(l.weight, grad(l.weight)) for l in ffn_linears),
+        synaptic_diversity=tuple(_diversity(l.weight, grad(l.weight)) for l in operation_linears)
+        if _wants(ctx, "synaptic_diversity_mlm", "synaptic_diversity_mlm_normalized")
+        else (),
+        position_gradient=grad(mlm.encoder.embeddings.position_embeddings.weight)[:T].detach().double().cpu().numpy(),
+        grad_norm=float(sum(g.double().norm() for _, g in reached)),
+        snip=float(sum((p.detach().double() * g.double()).abs().sum() for p, g in reached)),
+        fisher=fisher,
+    )
+
+
+@register_pass(SPACE, "grasp")
+def grasp_pass(ctx: MetricContext) -> float:
+    """−Σ θ ⊙ (H g) over every parameter, g = ∂L/∂θ (detached), H the Hessian of the MLM
+    loss: one forward with create_graph, z = Σ g·∂L/∂θ, Hg = ∂z/∂θ (as zero-cost-nas)."""
+    mlm = _with_head(ctx, ctx.model())
+    ids, mask, mode = _inputs(ctx)
+    inputs, labels = mlm_inputs(ids, ctx.batch.get("attention_mask"), vocab_size=mlm.head.decoder.out_features)
+    params = list(mlm.parameters())
+    with _Mode(mlm, mode, ctx):
+        loss = _mlm_loss(mlm, inputs, mask, labels)
+        first = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        reached = [(p, g) for p, g in zip(params, first) if g is not None]
+        z = sum((g.detach() * g).sum() for _, g in reached)
+        hessian_g = torch.autograd.grad(z, [p for p, _ in reached], allow_unused=True)
+    total = 0.0
+    for (p, _), hg in zip(reached, hessian_g):
+        if hg is not None:
+            total -= float((p.detach().double() * hg.double()).sum())
+    return total
 
 
 @register_pass(SPACE, "synflow")
@@ -319,27 +541,100 @@ def jacob_cov(ctx: MetricContext) -> float:
     space=SPACE,
     direction=Direction.HIGHER,
     summary="number of parameters, embeddings included",
-    cost="none (model only)",
+    cost="none (counted from the config)",
 )
 def params(ctx: MetricContext) -> float:
-    """Every parameter of the encoder once: embeddings, projection, all layers."""
-    return float(sum(p.numel() for p in ctx.model().parameters()))
+    """Every parameter of the encoder once: embeddings, projection, all layers — counted
+    from the config and the reading (`params.count_parameters`), without building it."""
+    from tfnas_ray.spaces.nasbench_bert import SPACE as NB_BERT, resolve_reading
+
+    options = {**getattr(ctx.batch, "model_options", {}), **ctx.options}
+    reading = resolve_reading(
+        options.get("reading"), as_trained=bool(options.get("as_trained")), as_scored=bool(options.get("as_scored"))
+    )
+    return float(NB_BERT.count_parameters(ctx.spec, reading=reading, vocab_size=options.get("vocab_size")))
+
+
+# ---- corrected gradient columns: the paper's formulas on the MLM loss -------------------
+
+_MLM = dict(space=SPACE, direction=Direction.HIGHER, needs=("mlm",), cost="forward+backward (MLM loss)")
+
+
+@register_metric("head_importance_mlm", summary="Σ|W⊙∂L/∂W| over operation projections, L = MLM loss of the generator head (corrected head_importance)", **_MLM)
+def head_importance_mlm(ctx: MetricContext) -> float:
+    """`head_importance` with the MLM loss L in place of the degenerate R = Σ output."""
+    return _total(ctx.run_pass("mlm").head_importance, "head importance (MLM)")
+
+
+@register_metric("head_importance_mlm_normalized", summary="head_importance_mlm / number of projections", **_MLM)
+def head_importance_mlm_normalized(ctx: MetricContext) -> float:
+    return _mean(ctx.run_pass("mlm").head_importance, "normalised head importance (MLM)")
+
+
+@register_metric("synaptic_saliency_mlm", summary="Σ|W⊙∂L/∂W| over feed-forward Linear layers, L = MLM loss (corrected synaptic_saliency)", **_MLM)
+def synaptic_saliency_mlm(ctx: MetricContext) -> float:
+    """`synaptic_saliency` with the MLM loss L."""
+    return _total(ctx.run_pass("mlm").synaptic_saliency, "synaptic saliency (MLM)")
+
+
+@register_metric("synaptic_saliency_mlm_normalized", summary="synaptic_saliency_mlm / number of feed-forward Linear layers", **_MLM)
+def synaptic_saliency_mlm_normalized(ctx: MetricContext) -> float:
+    return _mean(ctx.run_pass("mlm").synaptic_saliency, "normalised synaptic saliency (MLM)")
+
+
+@register_metric("synaptic_diversity_mlm", summary="Σ ‖W‖_nuc·‖∂L/∂W‖_nuc over operation Linear layers, L = MLM loss (corrected synaptic_diversity)", **_MLM)
+def synaptic_diversity_mlm(ctx: MetricContext) -> float:
+    """`synaptic_diversity` with the MLM loss L."""
+    return _total(ctx.run_pass("mlm").synaptic_diversity, "synaptic diversity (MLM)")
+
+
+@register_metric("synaptic_diversity_mlm_normalized", summary="synaptic_diversity_mlm / number of operation Linear layers", **_MLM)
+def synaptic_diversity_mlm_normalized(ctx: MetricContext) -> float:
+    return _mean(ctx.run_pass("mlm").synaptic_diversity, "normalised synaptic diversity (MLM)")
+
+
+@register_metric("jacob_cov_mlm", summary="−Σ[log(λ+k)+1/(λ+k)] of corrcoef of ∂L/∂(position embeddings), L = MLM loss (corrected jacob_cov)", **_MLM)
+def jacob_cov_mlm(ctx: MetricContext) -> float:
+    """`jacob_cov` (the paper's Jacobian score) on ∂L/∂P of the MLM loss."""
+    return jacobian_covariance_score(ctx.run_pass("mlm").position_gradient.T)
 
 
 # ---- standard proxies ------------------------------------------------------------------
 
 
-@register_metric("grad_norm", summary="Σ_θ ‖∂L/∂θ‖₂, L = Σ output (Abdelfattah et al.)", **_PAPER)
+# version 2: L was Σ output (degenerate under the last LayerNorm), now the MLM loss
+@register_metric("grad_norm", summary="Σ_θ ‖∂L/∂θ‖₂ over every parameter, L = MLM loss of the generator head (Abdelfattah et al.)", version=2, **_MLM)
 def grad_norm(ctx: MetricContext) -> float:
-    """Σ over every parameter tensor of the L2 norm of ∂L/∂θ, with L = R = Σ output
-    (the encoder has no LM head). All operations alike."""
-    return check_finite(ctx.run_pass("sum_output").grad_norm, "grad_norm")
+    """Σ over every parameter tensor (encoder and MLM head, the tied embedding once) of
+    the L2 norm of ∂L/∂θ, L the MLM loss (module doc)."""
+    return check_finite(ctx.run_pass("mlm").grad_norm, "grad_norm")
 
 
-@register_metric("snip", summary="Σ|θ⊙∂L/∂θ|, L = Σ output (Lee et al.)", **_PAPER)
+# version 2: as grad_norm, the MLM loss instead of Σ output
+@register_metric("snip", summary="Σ|θ⊙∂L/∂θ| over every parameter, L = MLM loss (Lee et al.)", version=2, **_MLM)
 def snip(ctx: MetricContext) -> float:
-    """Σ over every parameter of |θ ⊙ ∂L/∂θ|, L = Σ output."""
-    return check_finite(ctx.run_pass("sum_output").snip, "snip")
+    """Σ over every parameter of |θ ⊙ ∂L/∂θ|, L the MLM loss."""
+    return check_finite(ctx.run_pass("mlm").snip, "snip")
+
+
+@register_metric("fisher", summary="Σ over FFN activations and units of ½·mean_b(Σ_t a⊙∂L/∂a)², L = MLM loss (Theis et al.; Turner et al.)", **_MLM)
+def fisher(ctx: MetricContext) -> float:
+    """Fisher, as zero-cost-nas: for each feed-forward GELU output a (B, T, F),
+    g = Σ_t a ⊙ ∂L/∂a (B, F), score Σ_units ½·mean_b g², summed over activations."""
+    return check_finite(ctx.run_pass("mlm").fisher, "fisher")
+
+
+@register_metric(
+    "grasp",
+    space=SPACE,
+    direction=Direction.HIGHER,
+    summary="−Σ θ⊙(H g), g = ∂L/∂θ, every parameter, L = MLM loss (Wang et al., as zero-cost-nas ranks it)",
+    needs=("grasp",),
+    cost="forward + backward with create_graph + Hessian-vector product",
+)
+def grasp(ctx: MetricContext) -> float:
+    """GraSP on the MLM loss; see `grasp_pass`."""
+    return check_finite(ctx.run_pass("grasp"), "grasp")
 
 
 @register_metric(
@@ -366,7 +661,85 @@ def naswot(ctx: MetricContext) -> float:
     Raises:
         MetricFailure: K singular (two sequences with identical codes).
     """
-    sign, logdet = np.linalg.slogdet(ctx.run_pass("sum_output").naswot_kernel)
+    kernel = ctx.run_pass("sum_output").naswot_kernel
+    if kernel is None:  # the pass ran for other metrics first, without the kernel
+        raise MetricFailure("NASWOT kernel was not computed by the shared pass")
+    sign, logdet = np.linalg.slogdet(kernel)
     if sign == 0:
         raise MetricFailure("NASWOT kernel is singular")
     return check_finite(logdet, "naswot")
+
+
+# ---- the check that the paper's gradient columns measure round-off ----------------------
+
+# A column is flagged when its float64 value is below this fraction of its float32 value:
+# float32 then returns at least 99.9 % rounding error. A true gradient agrees between the
+# two precisions to ~1e-6; the paper's R = Σ output gives ratios near 1e-9.
+DEGENERACY_RATIO = 1e-3
+# metric columns that read each gradient quantity of the `sum_output` pass
+GRADIENT_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "head_importance": ("head_importance", "head_importance_normalized"),
+    "synaptic_saliency": ("synaptic_saliency", "synaptic_saliency_normalized"),
+    "synaptic_diversity": ("synaptic_diversity", "synaptic_diversity_normalized"),
+    "position_gradient": ("jacob_cov",),
+}
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One gradient quantity of the paper's objective, in float32 and float64.
+
+    Attributes:
+        quantity: "head_importance", "synaptic_saliency", "synaptic_diversity" (as their
+            columns) or "position_gradient" (Σ|∂R/∂P|, what jacob_cov reads).
+        float32, float64: its value computed in each precision on the same model and batch.
+        degenerate: float64 < DEGENERACY_RATIO · float32 (float32 is round-off).
+        columns: the metric columns that read it.
+    """
+
+    quantity: str
+    float32: float
+    float64: float
+    degenerate: bool
+    columns: tuple[str, ...]
+
+    def describe(self) -> str:
+        verdict = "round-off: the column ranks noise" if self.degenerate else "a real gradient"
+        return f"{self.quantity}: float32 {self.float32:.3g}, float64 {self.float64:.3g} → {verdict}"
+
+
+def gradient_degeneracy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[GradientCheck]:
+    """Recompute the paper's gradient quantities of R = Σ last_hidden_state in float32
+    and in float64 on copies of `model` (eval mode: no dropout, so both see one function).
+
+    R is H·Σβ of the last LayerNorm for every input, so its true gradient below that
+    LayerNorm is zero; float64 shows it (values ~1e-14 where float32 gives ~1e-5).
+    """
+    import copy
+
+    values: dict[torch.dtype, dict[str, float]] = {}
+    for dtype in (torch.float32, torch.float64):
+        m = copy.deepcopy(model).to(dtype).eval()
+        projections, operation, ffn = _paper_modules(m)
+        position = m.embeddings.position_embeddings.weight
+        weights = list({id(l.weight): l.weight for l in projections + operation + ffn}.values())
+        r = m(input_ids, attention_mask).last_hidden_state.sum()
+        grads = torch.autograd.grad(r, weights + [position])
+        grad_of = {id(w): g for w, g in zip(weights, grads)}
+        T = input_ids.shape[1]
+        values[dtype] = {
+            "head_importance": sum(_saliency(l.weight, grad_of[id(l.weight)]) for l in projections),
+            "synaptic_saliency": sum(_saliency(l.weight, grad_of[id(l.weight)]) for l in ffn),
+            "synaptic_diversity": sum(_diversity(l.weight, grad_of[id(l.weight)]) for l in operation),
+            "position_gradient": float(grads[-1][:T].abs().sum()),
+        }
+    return [
+        GradientCheck(
+            quantity=q,
+            float32=values[torch.float32][q],
+            float64=values[torch.float64][q],
+            degenerate=values[torch.float64][q] < DEGENERACY_RATIO * values[torch.float32][q],
+            columns=GRADIENT_COLUMNS[q],
+        )
+        for q in GRADIENT_COLUMNS
+    ]

@@ -57,6 +57,8 @@ class MLMConfig:
         train_tokens: train on the first N WordPiece tokens of the training split only.
         valid_tokens: validate on the first N validation tokens (None: all).
         seed: initialisation, masks and data order.
+        reading: which model a config stands for ("described", "as-scored",
+            "as-trained"; `tfnas_ray.spaces.nasbench_bert.model.Reading`).
     """
 
     corpus: str = "wikitext-2"
@@ -73,6 +75,7 @@ class MLMConfig:
     train_tokens: int | None = None
     valid_tokens: int | None = 65_536
     seed: int = 0
+    reading: str = "described"
 
     # The truth targets of a run (per reported loss): an MLM loss is not an LM loss.
     TARGETS: ClassVar[Mapping[str, str]] = {"val_loss": "val_mlm_loss", "train_loss": "train_mlm_loss"}
@@ -84,6 +87,10 @@ class MLMConfig:
             raise TfnasError(f"MLM corpus {self.corpus!r} is not allowed; allowed: wikitext-2 (the tokenizer's corpus)")
         if not 3 <= self.seq_len <= 512:
             raise TfnasError(f"seq_len must be in [3, 512] (ELECTRA's position table), got {self.seq_len}")
+        from tfnas_ray.spaces.nasbench_bert.params import READINGS
+
+        if self.reading not in READINGS:
+            raise TfnasError(f"MLMConfig.reading {self.reading!r} is not one of {', '.join(READINGS)}")
         checks.at_least(self, ("batch_size",), 1)
         if self.iterations is not None:
             checks.at_least(self, ("iterations",), 1)
@@ -222,7 +229,7 @@ class MLMTrainer:
             generator=torch.Generator().manual_seed(VALIDATION_MASK_SEED),
         )
         torch.manual_seed(config.seed)  # the space draws from torch's global generator
-        self.model = MLMModel(SPACE.build(spec, dropout=config.dropout)).to(self.device)
+        self.model = MLMModel(SPACE.build(spec, reading=config.reading, dropout=config.dropout)).to(self.device)
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # biases, LayerNorm
         self.optimizer = torch.optim.AdamW(

@@ -14,10 +14,11 @@ from typing import Any
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.spaces import SPACES
 from tfnas_ray.spaces.nasbench_bert.config import LayerConfig, NasBertConfig, SearchSpace, published_space
+from tfnas_ray.spaces.nasbench_bert.params import READINGS, count_parameters
 
 # model.py (torch + transformers, ~3 s to import) is imported by `build` only, so listing
 # benchmarks or validating specs stays fast.
-__all__ = ["NasBertSpace", "NasBertConfig", "LayerConfig", "SPACE"]
+__all__ = ["NasBertSpace", "NasBertConfig", "LayerConfig", "SPACE", "READINGS", "resolve_reading"]
 
 
 class NasBertSpace:
@@ -75,6 +76,7 @@ class NasBertSpace:
         *,
         as_trained: bool = False,
         as_scored: bool = False,
+        reading: str | None = None,
         vocab_size: int | None = None,
         dropout: float = 0.1,
     ) -> "torch.nn.Module":
@@ -86,6 +88,8 @@ class NasBertSpace:
                 self-attention, first feed-forward layer 4·hidden wide (model.py).
             as_scored: build what the authors' metric script scored: hidden 256, every
                 feed-forward layer 1024 wide, LT layers without output block (model.py).
+            reading: the reading by name ("described", "as-trained", "as-scored"), as the
+                CLI's `--reading` gives it; an alternative to the two flags.
             vocab_size: word-embedding rows; default the shipped WordPiece vocabulary.
             dropout: ELECTRA's dropout (active in train mode only).
         Raises:
@@ -93,14 +97,38 @@ class NasBertSpace:
         """
         from tfnas_ray.spaces.nasbench_bert.model import ModelOptions, NasBertModel, Reading
 
-        if as_trained and as_scored:
-            raise TfnasError("as_trained and as_scored are two different readings; pick one")
+        reading = resolve_reading(reading, as_trained=as_trained, as_scored=as_scored)
         if vocab_size is None:
             from tfnas_ray.data.tokenizer import vocabulary
 
             vocab_size = len(vocabulary())
-        reading = Reading.AS_TRAINED if as_trained else Reading.AS_SCORED if as_scored else Reading.DESCRIBED
-        return NasBertModel(self.parse(spec), ModelOptions(vocab_size=vocab_size, reading=reading, dropout=dropout))
+        return NasBertModel(
+            self.parse(spec), ModelOptions(vocab_size=vocab_size, reading=Reading(reading), dropout=dropout)
+        )
+
+    def count_parameters(self, spec: Any, *, reading: str = "described", vocab_size: int | None = None) -> int:
+        """The parameter count of `build(spec, reading=reading)`, without building it."""
+        if vocab_size is None:
+            from tfnas_ray.data.tokenizer import vocabulary
+
+            vocab_size = len(vocabulary())
+        return count_parameters(self.parse(spec), reading=reading, vocab_size=vocab_size)
+
+
+def resolve_reading(reading: str | None, *, as_trained: bool = False, as_scored: bool = False) -> str:
+    """One reading name from the name and/or the two legacy flags.
+
+    Raises:
+        TfnasError: an unknown name, or two different readings asked for.
+    """
+    asked = {r for r, on in (("as-trained", as_trained), ("as-scored", as_scored)) if on}
+    if reading is not None:
+        if reading not in READINGS:
+            raise TfnasError(f"reading {reading!r} is not one of {', '.join(READINGS)}")
+        asked.add(reading)
+    if len(asked) > 1:
+        raise TfnasError(f"{' and '.join(sorted(asked))} are different readings; pick one")
+    return asked.pop() if asked else "described"
 
 
 SPACE = NasBertSpace()

@@ -11,6 +11,7 @@ published run, as the paper's did.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from functools import lru_cache
 
@@ -37,8 +38,17 @@ DEFAULT_METRICS = (
     "activation_distance_normalized",
     "jacob_cov",
     "params",
+    # the paper's gradient columns on the MLM loss (their R = Σ output is degenerate)
+    "head_importance_mlm",
+    "head_importance_mlm_normalized",
+    "synaptic_saliency_mlm",
+    "synaptic_saliency_mlm_normalized",
+    "synaptic_diversity_mlm",
+    "synaptic_diversity_mlm_normalized",
+    "jacob_cov_mlm",
     "grad_norm",
     "snip",
+    "fisher",
     "synflow",
     "naswot",
 )
@@ -91,6 +101,24 @@ def load() -> tuple[pa.Table, pa.Table]:
         for target in TARGETS
     ]
     return tables.from_rows("archs", arch_rows), tables.from_rows("truth", truth_rows)
+
+
+def authors_activation_distance_factor(runs: tuple[dict, ...], benchmark_id: int) -> int:
+    """How many times the authors' notebook recorded each FFN activation of config
+    `benchmark_id` when it scored the configs in id order: their forward hook sat on one
+    GELU module shared by every layer and was never removed, so the count grew with every
+    layer built before (PAPER_METRICS.md): Σ num_feed_forward × (26 + the layers of
+    configs 0..benchmark_id). Their raw "Activation Distance" is the normalised value
+    times this factor; multiplying ours by it gives the column as they published it.
+    (Their notebook session restarted around config 365, so the law holds for the first
+    configs only; it is checked on 0–11.)"""
+    layers = 0
+    for record in runs:
+        spec = json.loads(record["spec"])
+        layers += len(spec["encoder_layers"])
+        if record["id"] == benchmark_id:
+            return sum(l["num_feed_forward"] for l in spec["encoder_layers"]) * (26 + layers)
+    raise KeyError(f"no benchmark run with id {benchmark_id}")
 
 
 BENCHMARKS.add(
