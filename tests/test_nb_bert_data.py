@@ -87,5 +87,5 @@ def test_document_batch_is_the_first_articles_cut_or_padded():
     row = big["input_ids"][short]
     assert row[n - 1] == tk.SEP and torch.all(row[n:] == tk.PAD) and torch.all(big["attention_mask"][short, n:] == 0)
     assert row[1 : n - 1].tolist() == tok.encode(articles[short], add_special_tokens=False).ids
-    with pytest.raises(TfnasError, match="batch_size 1000 needs more"):
+    with pytest.raises(TfnasError, match="only 589 articles; minibatch 0 of batch_size 1000 needs 1000"):
         tk.document_batch(batch_size=1000, seq_len=8)
