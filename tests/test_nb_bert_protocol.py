@@ -84,7 +84,7 @@ def test_score_records_the_reading_and_refuses_it_for_rnn_tables(ray_cluster, tm
     rnn = tmp_path / "rnn.parquet"
     assert runner.invoke(app, ["sample", "nb-nlp", "-n", "1", "--out", str(rnn)]).exit_code == 0
     refused = runner.invoke(app, ["score", str(rnn), "-m", "params", "--seq-len", "64", "--out", str(tmp_path / "x")])
-    assert refused.exit_code == 1 and "--seq-len applies to nb-bert only; the table has nb-nlp" in refused.output
+    assert refused.exit_code == 2 and "--seq-len applies to nb-bert only; the table has nb-nlp" in refused.output
 
 
 def test_reproduce_nb_bert_flags_the_degenerate_columns(ray_cluster, tmp_path):

@@ -157,7 +157,7 @@ def test_published_protocol_is_refused_for_nb_bert():
 
 def test_cli_rejects_an_unknown_protocol(tmp_path):
     result = CliRunner().invoke(app, ["score", str(tmp_path / "archs.parquet"), "-m", "hidden_cov", "--protocol", "paper"])
-    assert result.exit_code == 1 and "--protocol 'paper' is not one of released, published" in result.output
+    assert result.exit_code == 2 and "--protocol 'paper' is not one of released, published" in result.output
 
 
 def test_reproduce_with_the_published_protocol_says_which_columns_are_computed_as_published(ray_cluster, tmp_path):

@@ -170,7 +170,7 @@ def test_search_resumes_from_the_shards_it_left(ray_cluster, tmp_path):
     assert pq.read_table(out / "chosen.parquet").to_pylist() == chosen
     # Another draw into the same directory is refused, not mixed in.
     other = run([*args[:-4], "--seed", "6", "--out", str(out)])
-    assert other.exit_code == 1
+    assert other.exit_code == 2  # input refused before any work (README: exit codes)
     assert "holds 6 other candidates" in other.output and "use a new --out" in other.output
 
 
@@ -195,11 +195,11 @@ def test_search_takes_candidates_from_an_archs_table_under_a_parameter_limit(ray
 
 def test_search_errors_are_one_line(tmp_path):
     result = run(["nb-nlp", "--metric", "no_such_metric", "--candidates", "2", "--keep", "1", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "no_such_metric" in result.output
+    assert result.exit_code == 2 and "no_such_metric" in result.output
     result = run(["nb-nlp", "--metric", "params", "--keep", "1", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "search needs --candidates N (how many to draw) or --archs FILE" in result.output
+    assert result.exit_code == 2 and "search needs --candidates N (how many to draw) or --archs FILE" in result.output
     result = run(["nb-nlp", "--metric", "params", "--candidates", "2", "--keep", "2", "--train", "3", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "--train must be between 0 and --keep (2), got 3" in result.output
+    assert result.exit_code == 2 and "--train must be between 0 and --keep (2), got 3" in result.output
 
 
 def test_search_trains_the_best_and_puts_their_loss_beside_the_rank(ray_cluster, tmp_path):

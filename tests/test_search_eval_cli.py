@@ -49,7 +49,7 @@ def test_ensemble_on_a_directory_prints_out_of_fold_figures_only(run_dir):
 
 def test_bad_sources_and_options_are_one_line_errors(run_dir, tmp_path):
     result = CliRunner().invoke(app, ["evaluate-search", str(tmp_path / "nothing")])
-    assert result.exit_code == 1 and "is neither a shipped benchmark (nb-nlp-ptb" in result.output
+    assert result.exit_code == 2 and "is neither a shipped benchmark (" in result.output and "nb-nlp-ptb" in result.output
     result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--pool-size", "41"])
     assert result.exit_code == 1 and "--pool-size 41 exceeds the 40 architectures" in result.output
     result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--target", "num_params"])

@@ -17,7 +17,7 @@ from tfnas_ray import tables
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.distributed.repeats import Repeats, run_repeated_scoring
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
-from tfnas_ray.errors import TfnasError, checking_input
+from tfnas_ray.errors import InputError, TfnasError, checking_input
 from tfnas_ray.lease import hold
 from tfnas_ray.metrics import load_metrics
 from tfnas_ray.nb_bert_protocol import NB_BERT, NbBertOptions, degeneracy_flags, with_flags
@@ -49,7 +49,7 @@ def protocol_options(protocol: str) -> dict[str, str]:
     from tfnas_ray.metrics import PROTOCOLS, RELEASED
 
     if protocol not in PROTOCOLS:
-        raise TfnasError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        raise InputError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     return {} if protocol == RELEASED else {"protocol": protocol}
 
 
@@ -418,7 +418,7 @@ def evaluation_inputs(
         return EvaluationInputs(out, summary.table, truth, bench.primary_target, list(config.metrics), summary)
     where = locate(source)
     if not where.child("truth.parquet").exists() or not where.child("scores").exists():
-        raise TfnasError(
+        raise InputError(
             f"{source!r} is neither a shipped benchmark ({', '.join(benchmarks.names())}) nor a directory "
             "holding truth.parquet and scores/ (the output of `tfnas reproduce`)"
         )
