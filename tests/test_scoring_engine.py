@@ -149,6 +149,10 @@ def test_a_busy_cluster_scores_with_the_scorers_it_can_place(ray_cluster, archs,
     config = ScoreConfig(metrics=("params",), shard_size=2, device="cpu")
     held = placement_group([{"CPU": 1}])
     ray_cluster.get(held.ready(), timeout=60)
+    # The one scorer pauses on the last architecture, so the run outlasts the placement
+    # wait whatever the machine's speed (a run that ends first has nothing to give up).
+    last = archs.column("arch_id")[-1].as_py()
+    stage(monkeypatch, Drill(pause={last: 6.0}, dir=str(tmp_path / "drill")))
     try:
         said = []
         summary = run_scoring(archs, tmp_path / "half", config, progress=False, log=said.append)
@@ -157,6 +161,7 @@ def test_a_busy_cluster_scores_with_the_scorers_it_can_place(ray_cluster, archs,
                         "(other work holds the rest)); going on with 1"]
     finally:
         remove_placement_group(held)
+    monkeypatch.delenv("TFNAS_DRILL")
     held = placement_group([{"CPU": 1}, {"CPU": 1}])
     ray_cluster.get(held.ready(), timeout=60)
     try:
@@ -247,7 +252,7 @@ def test_cli_rejects_a_share_of_a_gpu_no_scorer_fits_before_ray_starts(tmp_path,
     path = tmp_path / "archs.parquet"
     tables.write_table("archs", archs, path)
     result = CliRunner().invoke(app, ["score", str(path), "-m", "params", "--actors-per-gpu", "1.5", "--out", str(tmp_path / "s")])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.exit_code == 2 and result.output.count("\n") == 1  # input refused up front
     assert "--actors-per-gpu must be a whole number >= 1" in result.output and "got 1.5" in result.output
     assert not (tmp_path / "s").exists()
 
