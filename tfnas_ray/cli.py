@@ -453,6 +453,9 @@ Source = Annotated[str, typer.Argument(help="a shipped benchmark (scored into --
 Target = Annotated[Optional[str], typer.Option(help="truth target (default: the benchmark's primary target)")]
 RunDir = Annotated[Optional[str], typer.Option("--dir", help="for a BENCHMARK: where its archs, truth and scores go (default runs/BENCHMARK)")]
 Limit = Annotated[Optional[int], typer.Option(help="for a BENCHMARK: score only the first N architectures")]
+BenchSeed = Annotated[int, typer.Option(help="for a BENCHMARK: model seed (0 and fixed seeding: the paper's values)")]
+BenchSeeding = Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")]
+ShardSize = Annotated[int, typer.Option(help="architectures per shard")]
 
 
 @app.command("evaluate-search")
@@ -466,9 +469,9 @@ def evaluate_search(
     pool_seed: Annotated[int, typer.Option(help="seed of the pools")] = 0,
     out: Annotated[Optional[str], typer.Option(help="search_eval table to write (default: search_eval.parquet beside the scores)")] = None,
     dir: RunDir = None,
-    seed: Annotated[int, typer.Option(help="for a BENCHMARK: model seed (0 and fixed seeding: the paper's values)")] = 0,
-    seeding: Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")] = "fixed",
-    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    seed: BenchSeed = 0,
+    seeding: BenchSeeding = "fixed",
+    shard_size: ShardSize = 8,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
@@ -517,9 +520,9 @@ def ensemble(
     cv_seed: Annotated[int, typer.Option(help="seed of the fold split")] = 0,
     max_members: Annotated[int, typer.Option(help="largest ensemble tried")] = 3,
     dir: RunDir = None,
-    seed: Annotated[int, typer.Option(help="for a BENCHMARK: model seed")] = 0,
-    seeding: Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")] = "fixed",
-    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    seed: BenchSeed = 0,
+    seeding: BenchSeeding = "fixed",
+    shard_size: ShardSize = 8,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,

@@ -43,25 +43,18 @@ import torch
 from tfnas_ray.metrics import MetricContext, register_pass, register_protocol_variant
 from tfnas_ray.metrics import rnn_paper  # noqa: F401 — the released implementations come first
 from tfnas_ray.metrics.common import correlation_matrix, eigen_score, hamming_kernel_update, log_abs_det
-from tfnas_ray.metrics.rnn_paper import NOISE_SCALES, jacobian_cosine_score, jacobian_covariance_score
+from tfnas_ray.metrics.rnn_paper import (
+    HIDDEN_COV_LAYER,
+    NOISE_SCALES,
+    PAPER_PROTOCOL,
+    jacobian_cosine_score,
+    jacobian_covariance_score,
+)
 
 SPACE = "nb-nlp"
 PROTOCOL = "published"
-HIDDEN_COV_LAYER = {"hidden_cov": 1, "hidden_cov_l2": 2, "hidden_cov_l3": 3}
-# Columns whose published computation needs this module's pass.
-PASS_COLUMNS = frozenset(
-    {
-        "activation_distance",
-        "synaptic_saliency",
-        "jacob_cov",
-        "jacobian_cosine",
-        "jacobian_noise",
-        "jacobian_noise_cosine",
-        "jacobian_more_noise",
-        "jacobian_more_noise_cosine",
-        "hidden_saliency",
-    }
-)
+# The published computation of every column of the released pass needs this module's pass.
+PASS_COLUMNS = PAPER_PROTOCOL
 
 
 class _JacobianPassRecorder:
