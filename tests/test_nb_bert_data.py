@@ -66,7 +66,10 @@ def test_regenerating_the_vocabulary_reproduces_the_shipped_one(tmp_path):
     path = tk.write_vocabulary(tmp_path / "vocab.txt.xz")
     retrained = lzma.decompress(path.read_bytes()).decode("utf-8").splitlines()
     assert len(retrained) == len(tk.vocabulary())
-    assert len(set(retrained) ^ set(tk.vocabulary())) <= 10
+    # Four regenerations differed from the shipped file in 12, 12, 14 and 16 tokens (rare
+    # alphabet characters and merges of equal count); a real change to the corpus, the
+    # normaliser or the trainer's settings moves thousands.
+    assert len(set(retrained) ^ set(tk.vocabulary())) <= 40
 
 
 def test_document_batch_is_the_first_articles_cut_or_padded():
