@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -167,15 +168,25 @@ def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
     target = rows[0].get("target") or "target"
+    # One distinct colour and marker per method (the default cycle repeats after 10), and
+    # bands only where they stay readable: always for random, for the metrics when few.
+    palette = matplotlib.colormaps["tab20"].colors
+    markers = "os^vD<>ph*"
+    metrics = [m for m in methods if m not in BASELINES]
+    bands = len(metrics) <= 4
     for method in methods:
         own = sorted((r for r in rows if r["method"] == method), key=lambda r: r["pool_size"])
         x = np.array([r["pool_size"] for r in own], dtype=float)
         y = np.array([r["regret"] for r in own], dtype=float)
         lo = np.array([r["regret_lo"] if r["regret_lo"] is not None else math.nan for r in own], dtype=float)
         hi = np.array([r["regret_hi"] if r["regret_hi"] is not None else math.nan for r in own], dtype=float)
-        style = {"random": dict(color="black", linestyle="--"), "oracle": dict(color="0.5", linestyle=":")}.get(method, {})
-        (line,) = axes.plot(x, y, marker="o", markersize=4, label=method, **style)
-        if np.isfinite(lo).any():
+        if method in BASELINES:
+            style = {"random": dict(color="black", linestyle="--", marker="o"), "oracle": dict(color="0.5", linestyle=":", marker="o")}[method]
+        else:
+            i = metrics.index(method)
+            style = dict(color=palette[(2 * i) % 20 + (2 * i) // 20 % 2], marker=markers[i % len(markers)])
+        (line,) = axes.plot(x, y, markersize=4, label=method, **style)
+        if np.isfinite(lo).any() and (bands or method == "random"):
             axes.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     pools = sorted({r["pool_size"] for r in rows})
     if len(pools) > 1 and pools[-1] > 10 * pools[0]:
@@ -183,9 +194,9 @@ def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
     axes.set_xlabel("pool size (architectures)")
     axes.set_ylabel(f"regret in {target} (gap to the pool's best)")
     axes.set_title(f"Regret of the top-{keep} pick against pool size")
-    axes.legend(loc="best", fontsize="small")
+    axes.legend(loc="best", fontsize="x-small", ncol=2 if len(methods) > 8 else 1)
     axes.grid(alpha=0.3)
-    return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, "Mean over random pools; shaded: 95% interval. Lower is better; the oracle is 0 by definition.")
+    return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, "Mean over random pools; shaded: 95% of pools (for every method when at most four, else for random). Lower is better; the oracle is 0 by definition.")
 
 
 def curves_figure(truth: pa.Table) -> ReportFigure | None:
