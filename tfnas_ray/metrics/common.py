@@ -68,3 +68,20 @@ def saliency_sum(tensors, grads) -> float:
         if grad is not None:
             total += float((tensor.detach() * grad).abs().sum())
     return total
+
+
+def grasp_saliency(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
+    """GraSP's −Σ θ ⊙ (H g) over `params`, g = ∂loss/∂θ held constant, H the Hessian of
+    `loss` (Wang et al. 2020, as zero-cost-nas): z = Σ g·∂loss/∂θ, Hg = ∂z/∂θ. `loss` must
+    come from a graph built with gradients enabled; parameters it does not reach count 0,
+    and so does one whose gradient does not depend on any parameter (Hg is None).
+    Accumulated in double precision."""
+    first = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    reached = [(p, g) for p, g in zip(params, first) if g is not None]
+    z = sum((g.detach() * g).sum() for _, g in reached)
+    hessian_g = torch.autograd.grad(z, [p for p, _ in reached], allow_unused=True)
+    total = 0.0
+    for (weight, _), hg in zip(reached, hessian_g):
+        if hg is not None:
+            total -= float((weight.detach().double() * hg.double()).sum())
+    return total

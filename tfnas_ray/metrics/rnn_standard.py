@@ -50,7 +50,7 @@ from tfnas_ray.metrics import (
     register_pass,
 )
 from tfnas_ray.metrics import rnn_batch  # noqa: F401 — registers the nb-nlp batch
-from tfnas_ray.metrics.common import hamming_kernel_update, log_abs_det, saliency_sum
+from tfnas_ray.metrics.common import grasp_saliency, hamming_kernel_update, log_abs_det, saliency_sum
 from tfnas_ray.spaces.nasbench_nlp.model import NasBenchNlpLM
 
 SPACE = "nb-nlp"
@@ -254,16 +254,7 @@ def grasp_score(model: NasBenchNlpLM, tokens: torch.Tensor, targets: torch.Tenso
     _, params = _parameters(model)
     output, _ = model(tokens.to(device))
     loss = _next_token_loss(model, output, targets)
-    first = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    # z = Σ g·∂L/∂W with g held constant: ∂z/∂W = H g.
-    reached = [(p, g) for p, g in zip(params, first) if g is not None]
-    z = sum((g.detach() * g).sum() for _, g in reached)
-    hessian_g = torch.autograd.grad(z, [p for p, _ in reached], allow_unused=True)
-    total = 0.0
-    for (weight, _), hg in zip(reached, hessian_g):
-        if hg is not None:  # None: ∂L/∂W does not depend on any parameter (then Hg = 0)
-            total -= float((weight.detach().double() * hg.double()).sum())
-    return check_finite(total, "grasp")
+    return check_finite(grasp_saliency(loss, params), "grasp")
 
 
 # ------------------------------------------------------------------------------ synflow

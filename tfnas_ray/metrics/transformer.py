@@ -57,6 +57,7 @@ from tfnas_ray.metrics import (
     register_metric,
     register_pass,
 )
+from tfnas_ray.metrics.common import grasp_saliency
 
 SPACE = "nb-bert"
 JACOB_K = 1e-5  # the authors' regulariser in −Σ[log(λ+k) + 1/(λ+k)]
@@ -381,16 +382,7 @@ def grasp_pass(ctx: MetricContext) -> float:
     inputs, labels = mlm_inputs(ids, ctx.batch.get("attention_mask"), vocab_size=mlm.head.decoder.out_features)
     params = list(mlm.parameters())
     with _Mode(mlm, mode, ctx):
-        loss = _mlm_loss(mlm, inputs, mask, labels)
-        first = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        reached = [(p, g) for p, g in zip(params, first) if g is not None]
-        z = sum((g.detach() * g).sum() for _, g in reached)
-        hessian_g = torch.autograd.grad(z, [p for p, _ in reached], allow_unused=True)
-    total = 0.0
-    for (p, _), hg in zip(reached, hessian_g):
-        if hg is not None:
-            total -= float((p.detach().double() * hg.double()).sum())
-    return total
+        return grasp_saliency(_mlm_loss(mlm, inputs, mask, labels), params)
 
 
 @register_pass(SPACE, "synflow")
