@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import resource
 import statistics
 import subprocess
@@ -190,12 +191,20 @@ def scaling(archs, sets) -> None:
         rates = {}
         for n in (1, 2):
             workers = [Worker(ROOT) for _ in range(n)]
-            share = [archs[i::n] for i in range(n)]
+            # One queue, each worker taking the next arch when it is free — as the Ray
+            # scorer pool hands out work (a fixed split would measure the split's imbalance).
+            pending = queue.SimpleQueue()
+            for _, spec in archs:
+                pending.put(spec)
             peaks = [0.0] * n
             cpu = []  # CPU seconds per arch: ≈ equal for 1 and 2 workers when nothing is shared but cores
 
             def run(k):
-                for _, spec in share[k]:
+                while True:
+                    try:
+                        spec = pending.get_nowait()
+                    except queue.Empty:
+                        return
                     reply = workers[k].score(spec, SETS[s])
                     peaks[k] = max(peaks[k], reply["peak_mib"])
                     cpu.append(reply["cpu"])

@@ -279,7 +279,7 @@ def test_submit_wait_runs_the_command_and_lists_and_logs_it(loopback_cluster):
     assert match, submitted.stdout
     job_id = match.group(1)
     # The job's own output (the scoring summary) streamed back, then the final status.
-    assert "archs: 4 in 1 shards" in submitted.stdout
+    assert "archs: 4 in 4 shards" in submitted.stdout
     assert f"job {job_id} SUCCEEDED" in submitted.stdout
     written = tables.read_table("scores", scores)
     assert written.num_rows == 4 and written.column("value").null_count == 0
@@ -292,7 +292,7 @@ def test_submit_wait_runs_the_command_and_lists_and_logs_it(loopback_cluster):
 
     logs = cluster.tfnas("logs", job_id, "--address", cluster.url)
     assert logs.returncode == 0, logs.stderr
-    assert "archs: 4 in 1 shards" in logs.stdout
+    assert "archs: 4 in 4 shards" in logs.stdout
 
 
 @pytest.mark.slow

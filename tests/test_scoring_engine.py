@@ -43,6 +43,45 @@ def values(table: pa.Table) -> dict:
     return {(r["arch_id"], r["metric"]): (r["value"], r["error"], r["seed"]) for r in table.to_pylist()}
 
 
+def test_the_automatic_shard_size_keeps_every_scorer_of_a_small_run_busy():
+    """Without --shard-size: ⌈n / 32⌉ archs per shard, 1 to 8 — a function of the archs
+    alone (a rerun with another worker count finds the same shards)."""
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    first = {}
+    for i, arch_id in enumerate(table.column("arch_id").to_pylist()):
+        first.setdefault(arch_id, i)
+    distinct = table.take(sorted(first.values()))
+    assert distinct.num_rows == 254
+    sizes = lambda n, **kw: [len(s.arch_ids) for s in plan_shards(distinct.slice(0, n), ScoreConfig(metrics=METRICS, **kw))]
+    assert sizes(4) == [1, 1, 1, 1]  # four shards: two scorers share them
+    assert sizes(40) == [2] * 20
+    assert sizes(254) == [8] * 31 + [6]  # the main job's shards, as before this rule
+    assert sizes(4, shard_size=3) == [3, 1]  # an explicit size is kept
+    # Duplicated rows (a cell trained twice) count once.
+    assert sizes(254) == [len(s.arch_ids) for s in plan_shards(table, ScoreConfig(metrics=METRICS))]
+
+
+def test_memory_per_worker_runs_only_as_many_scorers_as_the_memory_holds(ray_cluster, archs, tmp_path):
+    """--memory-per-worker reserves Ray's `memory` resource per scorer: with room for
+    one scorer only, one runs (and scores everything); with room for none, one line
+    says so before any scorer starts."""
+    from tfnas_ray.distributed.cluster import cluster_memory
+
+    gib = 1024**3
+    room = cluster_memory() / gib
+    assert room > 0.5  # Ray gives a local cluster most of the machine's memory
+    one = ScoreConfig(metrics=("params",), shard_size=1, memory_per_worker=0.6 * room)
+    summary = run_scoring(archs, tmp_path / "one", one, progress=False)
+    assert len(summary.scorers) == 1 and summary.scored == archs.num_rows
+    assert summary.table.num_rows == archs.num_rows
+
+    with pytest.raises(TfnasError, match=r"^--memory-per-worker 1e\+06 GiB: the Ray cluster has [0-9.]+ GiB of memory"):
+        run_scoring(archs, tmp_path / "none", dataclasses.replace(one, memory_per_worker=1e6), progress=False)
+    assert not list((tmp_path / "none").glob("shard-*.parquet"))
+    with pytest.raises(TfnasError, match="--memory-per-worker must be >= 0 GiB, got -1"):
+        ScoreConfig(metrics=("params",), memory_per_worker=-1)
+
+
 def test_scoring_through_ray_writes_one_shard_file_per_shard(ray_cluster, archs, tmp_path):
     config = ScoreConfig(metrics=METRICS, seed=0, shard_size=4)
     summary = run_scoring(archs, tmp_path, config, progress=False)
@@ -255,6 +294,10 @@ def test_cli_rejects_a_share_of_a_gpu_no_scorer_fits_before_ray_starts(tmp_path,
     assert result.exit_code == 2 and result.output.count("\n") == 1  # input refused up front
     assert "--actors-per-gpu must be a whole number >= 1" in result.output and "got 1.5" in result.output
     assert not (tmp_path / "s").exists()
+    for command in (["score", str(path), "-m", "params"], ["reproduce", "nb-nlp-ptb"], ["search", "nb-nlp", "-m", "params", "--candidates", "4"]):
+        result = CliRunner().invoke(app, [*command, "--memory-per-worker", "-1", "--out", str(tmp_path / "s")])
+        assert result.exit_code == 2 and result.output == "error: --memory-per-worker must be >= 0 GiB, got -1\n", command
+        assert not (tmp_path / "s").exists()
 
 
 def _cli(*args: str) -> list[str]:

@@ -83,6 +83,7 @@ def _resume_hint() -> str:
 
 # Options that `score` and `reproduce` share: how the scorer pool is laid out on Ray.
 Workers = Annotated[Optional[int], typer.Option(help="at most this many scorer actors")]
+ShardSize = Annotated[Optional[int], typer.Option(help="architectures per shard, the unit of resume (default: ⌈archs / 32⌉, 1 to 8)")]
 Device = Annotated[str, typer.Option(help="auto | cpu | gpu")]
 ActorsPerGpu = Annotated[float, typer.Option(help="scorer actors sharing one GPU, a whole number N (each takes 1/N of it)")]
 WaitForGpus = Annotated[
@@ -90,6 +91,13 @@ WaitForGpus = Annotated[
     typer.Option(
         help="with --device gpu on an autoscaling cluster: ask for --workers GPU scorers even if "
         "the GPUs do not exist yet, and wait up to this many seconds for the first"
+    ),
+]
+MemoryPerWorker = Annotated[
+    float,
+    typer.Option(
+        help="GiB of memory each scorer reserves, so a node runs only as many as its memory holds "
+        "(nb-bert at 512 tokens: about 12); 0: no reservation"
     ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
@@ -215,11 +223,12 @@ def score(
     out: Annotated[str, typer.Option(help="directory of score shards: a path, or a URL every node can reach (s3://, gs://, …)")] = "scores",
     seed: Annotated[int, typer.Option(help="the run's seed")] = 0,
     seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed (the paper's protocol)")] = "derived",
-    shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
+    shard_size: ShardSize = None,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
+    memory_per_worker: MemoryPerWorker = 0.0,
     corpus: Annotated[str, typer.Option(help="nb-nlp metric batch corpus: ptb | wikitext-2")] = "ptb",
     protocol: Protocol = "released",
     init_seeds: InitSeeds = 1,
@@ -248,7 +257,8 @@ def score(
             batch_options, model_options = {**batch_options, **nb.batch_options}, nb.model_options
     config = _score_config(
         metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
-        batch_options=batch_options, model_options=model_options, retry_failed=retry_failed,
+        memory_per_worker=memory_per_worker, batch_options=batch_options, model_options=model_options,
+        retry_failed=retry_failed,
     )
     try:
         summary = score_table(archs, out, config, address=address, repeats=Repeats(init_seeds, batches), progress=progress, log=typer.echo)
@@ -300,11 +310,12 @@ def reproduce(
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics (default: the paper's columns)")] = None,
     seed: Annotated[int, typer.Option(help="model seed (0 and fixed seeding: the paper's values)")] = 0,
     seeding: Annotated[str, typer.Option(help="fixed (the paper's protocol) or derived")] = "fixed",
-    shard_size: Annotated[int, typer.Option(help="architectures per shard")] = 8,
+    shard_size: ShardSize = None,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
+    memory_per_worker: MemoryPerWorker = 0.0,
     limit: Annotated[Optional[int], typer.Option(help="score only the first N architectures")] = None,
     address: Address = None,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
@@ -345,6 +356,7 @@ def reproduce(
                 f"{out.rstrip('/')}/{r}" if r is not None else out,
                 _score_config(
                     metric, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+                    memory_per_worker=memory_per_worker,
                     batch_options=protocol_options(protocol), retry_failed=retry_failed,
                 ),
                 limit=limit,
@@ -382,11 +394,12 @@ def search(
     out: Annotated[str, typer.Option(help="output directory: a path, or a URL every node can reach")] = "runs/search",
     seed: Annotated[int, typer.Option(help="seed of the generator and of the scoring")] = 0,
     seeding: Annotated[str, typer.Option(help="derived: per-arch seed from arch_id and --seed; fixed: every model seeded with --seed")] = "derived",
-    shard_size: Annotated[int, typer.Option(help="architectures per shard (the unit of resume)")] = 16,
+    shard_size: ShardSize = None,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
+    memory_per_worker: MemoryPerWorker = 0.0,
     min_params: Annotated[Optional[int], typer.Option(help="keep candidates with at least this many parameters")] = None,
     max_params: Annotated[Optional[int], typer.Option(help="keep candidates with at most this many parameters")] = None,
     min_layers: Annotated[Optional[int], typer.Option(help="nb-bert: at least this many encoder layers")] = None,
@@ -425,6 +438,7 @@ def search(
         )
     score_config = _score_config(
         None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+        memory_per_worker=memory_per_worker,
         batch_options=nb.batch_options if nb_bert else {}, model_options=nb.model_options if nb_bert else {},
     )
     try:
@@ -455,7 +469,6 @@ RunDir = Annotated[Optional[str], typer.Option("--dir", help="for a BENCHMARK: w
 Limit = Annotated[Optional[int], typer.Option(help="for a BENCHMARK: score only the first N architectures")]
 BenchSeed = Annotated[int, typer.Option(help="for a BENCHMARK: model seed (0 and fixed seeding: the paper's values)")]
 BenchSeeding = Annotated[str, typer.Option(help="for a BENCHMARK: fixed (the paper's protocol) or derived")]
-ShardSize = Annotated[int, typer.Option(help="architectures per shard")]
 
 
 @app.command("evaluate-search")
@@ -471,11 +484,12 @@ def evaluate_search(
     dir: RunDir = None,
     seed: BenchSeed = 0,
     seeding: BenchSeeding = "fixed",
-    shard_size: ShardSize = 8,
+    shard_size: ShardSize = None,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
+    memory_per_worker: MemoryPerWorker = 0.0,
     limit: Limit = None,
     address: Address = None,
     progress: Progress = True,
@@ -493,7 +507,10 @@ def evaluate_search(
             _metric_names(metric),
             target=target,
             search=search,
-            config=_score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
+            config=_score_config(
+                None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+                memory_per_worker=memory_per_worker,
+            ),
             out=out,
             out_dir=dir,
             limit=limit,
@@ -522,11 +539,12 @@ def ensemble(
     dir: RunDir = None,
     seed: BenchSeed = 0,
     seeding: BenchSeeding = "fixed",
-    shard_size: ShardSize = 8,
+    shard_size: ShardSize = None,
     workers: Workers = None,
     device: Device = "auto",
     actors_per_gpu: ActorsPerGpu = 1.0,
     wait_for_gpus: WaitForGpus = 0.0,
+    memory_per_worker: MemoryPerWorker = 0.0,
     limit: Limit = None,
     address: Address = None,
     progress: Progress = True,
@@ -545,7 +563,10 @@ def ensemble(
             fixed=_metric_names(method),
             target=target,
             cv=EnsembleConfig(folds=folds, seed=cv_seed, max_members=max_members),
-            config=_score_config(None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus),
+            config=_score_config(
+                None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
+                memory_per_worker=memory_per_worker,
+            ),
             out_dir=dir,
             limit=limit,
             address=address,

@@ -202,7 +202,7 @@ class ReproduceResult:
 
 
 # The paper's protocol: every model seeded with 0; metrics: the benchmark's columns.
-PAPER_PROTOCOL = ScoreConfig(metrics=(), seed=0, seeding="fixed", shard_size=8)
+PAPER_PROTOCOL = ScoreConfig(metrics=(), seed=0, seeding="fixed")
 
 
 def select_benchmark(archs: pa.Table, truth: pa.Table, limit: int | None) -> tuple[pa.Table, pa.Table]:

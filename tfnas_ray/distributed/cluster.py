@@ -54,3 +54,11 @@ def cluster_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 0))
+
+
+def cluster_memory() -> float:
+    """Bytes of Ray's `memory` resource in the connected cluster (what tasks and actors
+    may reserve: the nodes' memory less the object store and Ray's own share)."""
+    import ray
+
+    return float(ray.cluster_resources().get("memory", 0))

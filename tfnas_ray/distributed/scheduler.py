@@ -385,6 +385,12 @@ def _lacking(resources: dict) -> str:
         need = resources.get(key, 0)
         if need:
             parts.append(f"each needs {need:g} {name}, the cluster has {free.get(name, 0):g} of {total.get(name, 0):g} free")
+    if resources.get("memory"):
+        gib = 1024**3
+        parts.append(
+            f"each needs {resources['memory'] / gib:.1f} GiB of memory, the cluster has "
+            f"{free.get('memory', 0) / gib:.1f} of {total.get('memory', 0) / gib:.1f} GiB free"
+        )
     return "; ".join(parts) + " (other work holds the rest)"
 
 

@@ -39,6 +39,19 @@ from tfnas_ray.metrics.scoring import SEEDINGS, metric_versions, validate_metric
 from tfnas_ray.storage import Location, locate
 
 DEVICES = ("auto", "cpu", "gpu")
+GIB = 1024**3
+# The automatic shard size: enough shards that a small run keeps every scorer busy and
+# the last shard leaves the others idle only briefly, at most this many archs per shard
+# (a shard is the unit of resume: what an interruption loses).
+AUTO_SHARDS = 32
+AUTO_SHARD_CAP = 8
+
+
+def auto_shard_size(distinct: int) -> int:
+    """Architectures per shard when none is given: ⌈n / 32⌉ clamped to 1–8. A function
+    of the work alone, never of the worker count, so a rerun on another cluster finds
+    the same shards (254 PTB cells: 8 per shard; 24 archs: 1)."""
+    return max(1, min(AUTO_SHARD_CAP, -(-distinct // AUTO_SHARDS)))
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,8 @@ class ScoreConfig:
         seed: the run's seed.
         seeding: "derived" (per-architecture seed from arch_id and `seed`) or "fixed"
             (every model initialised with `seed`, the paper's protocol).
-        shard_size: architectures per shard (the unit of resume).
+        shard_size: architectures per shard (the unit of resume); None: `auto_shard_size`
+            of the number of distinct architectures.
         workers: at most this many scorer actors (default: one per GPU or CPU).
         device: "auto" (GPUs if the cluster has them), "cpu" or "gpu".
         actors_per_gpu: scorer actors sharing one GPU (fractional GPUs for small models).
@@ -64,12 +78,15 @@ class ScoreConfig:
             fail if none is placed within this many seconds. 0: use the GPUs present.
         retry_failed: rescore the architectures that finished shards record as failed
             (a metric error, or a worker that died on it).
+        memory_per_worker: GiB of memory each scorer reserves (Ray's `memory` resource),
+            so that a node runs only as many scorers as its memory holds (nb-bert at the
+            paper's 128 × 512 tokens peaks near 12 GiB per scorer); 0: no reservation.
     """
 
     metrics: tuple[str, ...]
     seed: int = 0
     seeding: str = "derived"
-    shard_size: int = 16
+    shard_size: int | None = None
     workers: int | None = None
     device: str = "auto"
     actors_per_gpu: float = 1.0
@@ -78,6 +95,7 @@ class ScoreConfig:
     max_tries: int = 3
     wait_for_gpus: float = 0.0
     retry_failed: bool = False
+    memory_per_worker: float = 0.0
 
     def __post_init__(self) -> None:
         # `-m params -m params` scores params once: a duplicate would double the rows of
@@ -85,7 +103,7 @@ class ScoreConfig:
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))
         if self.seeding not in SEEDINGS:
             raise TfnasError(f"seeding {self.seeding!r} is not one of {', '.join(SEEDINGS)}")
-        if self.shard_size < 1:
+        if self.shard_size is not None and self.shard_size < 1:
             raise TfnasError(f"--shard-size must be >= 1, got {self.shard_size}")
         if self.workers is not None and self.workers < 1:
             raise TfnasError(f"--workers must be >= 1, got {self.workers}")
@@ -102,6 +120,8 @@ class ScoreConfig:
             raise TfnasError(f"max_tries must be >= 1, got {self.max_tries}")
         if self.wait_for_gpus < 0:
             raise TfnasError(f"--wait-for-gpus must be >= 0 seconds, got {self.wait_for_gpus}")
+        if not self.memory_per_worker >= 0:
+            raise TfnasError(f"--memory-per-worker must be >= 0 GiB, got {self.memory_per_worker:g}")
         if self.wait_for_gpus > 0 and self.device != "gpu":
             raise TfnasError(f"--wait-for-gpus applies to --device gpu only, got --device {self.device}")
 
@@ -202,9 +222,10 @@ def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
         seen.setdefault(arch_id, (space, spec))  # the same architecture is scored once
     identity = json.dumps(plan_identity(config, {space for space, _ in seen.values()}), sort_keys=True)
     items = list(seen.items())
+    size = config.shard_size or auto_shard_size(len(items))
     shards = []
-    for start in range(0, len(items), config.shard_size):
-        chunk = items[start : start + config.shard_size]
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
         digest = hashlib.sha256(identity.encode())
         for arch_id, (space, spec) in chunk:
             digest.update(f"\n{arch_id}\t{space}\t{spec}".encode())
@@ -289,7 +310,7 @@ class _Pool(NamedTuple):
 
 def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
     """The scorer pool for the cluster as it is now."""
-    from tfnas_ray.distributed.cluster import cluster_cpus, cluster_gpus
+    from tfnas_ray.distributed.cluster import cluster_cpus, cluster_gpus, cluster_memory
 
     gpus = cluster_gpus()
     waiting = config.wait_for_gpus > 0
@@ -317,8 +338,20 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
             )
         count = cpus
         resources = {"num_cpus": 1}
+    patient = kind == "gpu" and waiting
+    if config.memory_per_worker > 0:
+        need = int(config.memory_per_worker * GIB)
+        resources = {**resources, "memory": need}
+        fit = int(cluster_memory() // need)
+        if fit == 0 and not patient:
+            raise TfnasError(
+                f"--memory-per-worker {config.memory_per_worker:g} GiB: the Ray cluster has "
+                f"{cluster_memory() / GIB:.1f} GiB of memory for tasks and actors in all; ask for less"
+            )
+        if not patient:  # more scorers than fit would only wait to be given up
+            count = min(count, fit)
     count = max(1, min(count, config.workers or count, n_shards))
-    return _Pool(kind, count, resources, patient=kind == "gpu" and waiting)
+    return _Pool(kind, count, resources, patient=patient)
 
 
 @leased("out_dir")  # one driver per output directory
