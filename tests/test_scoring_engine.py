@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def test_memory_per_worker_runs_only_as_many_scorers_as_the_memory_holds(ray_clu
     assert not list((tmp_path / "none").glob("shard-*.parquet"))
     with pytest.raises(TfnasError, match="--memory-per-worker must be >= 0 GiB, got -1"):
         ScoreConfig(metrics=("params",), memory_per_worker=-1)
+    # A scorer the cluster cannot place says what memory it asked for and what is free.
+    from tfnas_ray.distributed.scheduler import _lacking
+
+    assert re.search(r"each needs 2\.0 GiB of memory, the cluster has [0-9.]+ of [0-9.]+ GiB free", _lacking({"num_cpus": 1, "memory": 2 * gib}))
 
 
 def test_scoring_through_ray_writes_one_shard_file_per_shard(ray_cluster, archs, tmp_path):

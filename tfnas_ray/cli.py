@@ -97,7 +97,7 @@ MemoryPerWorker = Annotated[
     float,
     typer.Option(
         help="GiB of memory each scorer reserves, so a node runs only as many as its memory holds "
-        "(nb-bert at 512 tokens: about 12); 0: no reservation"
+        "(nb-bert at 512 tokens: up to 13.4); 0: no reservation"
     ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]

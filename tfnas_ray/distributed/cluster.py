@@ -9,6 +9,7 @@ from tfnas_ray.errors import TfnasError
 # A modest object store: scorer results are small tables, and a 2-core laptop or CI
 # machine should not reserve a third of its memory for Ray.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+GIB = 1024**3
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from tfnas_ray import tables
+from tfnas_ray.distributed.cluster import GIB
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics.scoring import arch_seed
 from tfnas_ray.storage import Location
@@ -386,10 +387,9 @@ def _lacking(resources: dict) -> str:
         if need:
             parts.append(f"each needs {need:g} {name}, the cluster has {free.get(name, 0):g} of {total.get(name, 0):g} free")
     if resources.get("memory"):
-        gib = 1024**3
         parts.append(
-            f"each needs {resources['memory'] / gib:.1f} GiB of memory, the cluster has "
-            f"{free.get('memory', 0) / gib:.1f} of {total.get('memory', 0) / gib:.1f} GiB free"
+            f"each needs {resources['memory'] / GIB:.1f} GiB of memory, the cluster has "
+            f"{free.get('memory', 0) / GIB:.1f} of {total.get('memory', 0) / GIB:.1f} GiB free"
         )
     return "; ".join(parts) + " (other work holds the rest)"
 

@@ -39,7 +39,6 @@ from tfnas_ray.metrics.scoring import SEEDINGS, metric_versions, validate_metric
 from tfnas_ray.storage import Location, locate
 
 DEVICES = ("auto", "cpu", "gpu")
-GIB = 1024**3
 # The automatic shard size: enough shards that a small run keeps every scorer busy and
 # the last shard leaves the others idle only briefly, at most this many archs per shard
 # (a shard is the unit of resume: what an interruption loses).
@@ -80,7 +79,7 @@ class ScoreConfig:
             (a metric error, or a worker that died on it).
         memory_per_worker: GiB of memory each scorer reserves (Ray's `memory` resource),
             so that a node runs only as many scorers as its memory holds (nb-bert at the
-            paper's 128 × 512 tokens peaks near 12 GiB per scorer); 0: no reservation.
+            paper's 128 × 512 tokens peaked at 13.4 GiB per scorer); 0: no reservation.
     """
 
     metrics: tuple[str, ...]
@@ -310,7 +309,7 @@ class _Pool(NamedTuple):
 
 def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
     """The scorer pool for the cluster as it is now."""
-    from tfnas_ray.distributed.cluster import cluster_cpus, cluster_gpus, cluster_memory
+    from tfnas_ray.distributed.cluster import GIB, cluster_cpus, cluster_gpus, cluster_memory
 
     gpus = cluster_gpus()
     waiting = config.wait_for_gpus > 0
