@@ -341,14 +341,14 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
     if config.memory_per_worker > 0:
         need = int(config.memory_per_worker * GIB)
         resources = {**resources, "memory": need}
-        fit = int(cluster_memory() // need)
-        if fit == 0 and not patient:
-            raise TfnasError(
-                f"--memory-per-worker {config.memory_per_worker:g} GiB: the Ray cluster has "
-                f"{cluster_memory() / GIB:.1f} GiB of memory for tasks and actors in all; ask for less"
-            )
         if not patient:  # more scorers than fit would only wait to be given up
-            count = min(count, fit)
+            room = cluster_memory()
+            if room < need:
+                raise TfnasError(
+                    f"--memory-per-worker {config.memory_per_worker:g} GiB: the Ray cluster has "
+                    f"{room / GIB:.1f} GiB of memory for tasks and actors in all; ask for less"
+                )
+            count = min(count, int(room // need))
     count = max(1, min(count, config.workers or count, n_shards))
     return _Pool(kind, count, resources, patient=patient)
 
