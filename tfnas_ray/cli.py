@@ -614,15 +614,27 @@ def submit(
         Optional[list[str]], typer.Option(help="Also ship untracked files matching this glob (repeat); secrets never ship.")
     ] = None,
     allow_insecure_token: AllowInsecureToken = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be shipped, what is left out and why, and the job's command; submit nothing.")
+    ] = False,
 ) -> None:
     """Run a tfnas command on a Ray cluster as a Ray job.
 
-    Ships the git-tracked files of --working-dir (plus --include), never .env, keys or
-    credentials. Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
+    Ships the git-tracked files of --working-dir (plus --include), never secrets (by
+    name or content) or symlinks out of the repository. Example: tfnas submit --address http://HEAD:8265 --wait -- reproduce nb-nlp-ptb --out /results/ptb --address auto
     """
+    import shlex
+
     from tfnas_ray.distributed import jobs
 
     url = jobs.resolve_address(address)
+    if dry_run:
+        args = jobs.check_entrypoint_args(command)
+        for line in jobs.plan_shipment(working_dir, include or ()).lines():
+            typer.echo(line)
+        typer.echo(f"would run on {url}: tfnas {shlex.join(args)}")
+        typer.echo("dry run: nothing submitted")
+        return
     insecure = {"allow_insecure_token": allow_insecure_token}
     job_id = jobs.submit_job(
         command, address=url, working_dir=working_dir, include=include or (), log=lambda line: typer.echo(line, err=True), **insecure
@@ -657,7 +669,7 @@ def jobs(address: Annotated[Optional[str], typer.Option(help=_ADDRESS_HELP)] = N
             if info.start_time is not None
             else "-"
         )
-        typer.echo(f"{info.job_id:<32} {info.status:<10} {started:<20} {info.entrypoint}")
+        typer.echo(f"{info.job_id:<32} {info.status:<10} {started:<20} {cluster_jobs.entrypoint_command(info.entrypoint)}")
 
 
 @app.command()

@@ -24,9 +24,24 @@ it in clear text to another host needs `allow_insecure_token=True`
 (`--allow-insecure-token`), a decision the user takes knowingly.
 
 What a job ships. `submit_job` uploads the git-tracked files of the working directory
-(plus the files an explicit `include` names), never untracked files, and never a file
-that looks like a secret (`.env`, keys, credentials: `SECRET_PATTERNS`), even a
-tracked one: a stray `.env` or `id_rsa` in a checkout must not reach a cluster.
+plus the files an explicit `include` names, never untracked files otherwise, and never a
+file that is, or holds, a secret, even a tracked or included one: a secret is decided by
+its path (`.env*`, `.envrc`, `*.tfvars`, `secrets.yaml`, `.aws/`, `.s3cfg`, `.netrc`,
+`.vault-token`, keys and keystores: `SECRET_PATTERNS`) and by its content (private-key
+PEM headers, AWS key ids and secret keys, Google service-account and OAuth JSON,
+kubeconfigs, npm/netrc/API tokens: `SECRET_CONTENT`). An included file that git ignores
+ships only when the include names it (a path or glob that matches it), not when it lies
+under an included directory. A symlink ships its target's content only when the target
+is a file inside the repository. `plan_shipment` says what would be shipped and why
+each other file was left out; `tfnas submit --dry-run` prints it and submits nothing.
+
+How a job finds Python. The job's command runs in a shell on the head, whose PATH is
+whatever the head was started with: a head started as `/opt/venv/bin/ray start` has
+neither `tfnas` nor the right `python` on it. So the job runs a small launcher shipped
+with it, which starts `python -m tfnas_ray.cli` with `$TFNAS_PYTHON` when the cluster
+sets it, else with the interpreter the cluster runs its Python workers with (the raylet,
+parent of the job's supervisor, is started with `--python_worker_command=PYTHON ...`),
+else with `python3` or `python` from PATH.
 """
 
 from __future__ import annotations
@@ -34,8 +49,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import glob
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -47,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.errors import InputError, TfnasError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -57,16 +74,19 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Ray's own `ray job` CLI reads these, in this order, for the dashboard address.
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
-# Files that are never shipped with a job, tracked or not (fnmatch patterns on every part
-# of the path): environment files, private keys and keystores, credential stores.
+# Files that are never shipped with a job, tracked or not (fnmatch patterns, matched
+# case-insensitively on every part of the path): environment files, private keys and
+# keystores, cloud and registry credentials, token files, kubeconfigs, Terraform variables.
 SECRET_PATTERNS: tuple[str, ...] = (
     ".env",
     ".env.*",
     "*.env",
+    ".envrc",
     "*.pem",
     "*.key",
     "*.p12",
     "*.pfx",
+    "*.ppk",
     "*.jks",
     "*.keystore",
     "*.kdbx",
@@ -75,23 +95,84 @@ SECRET_PATTERNS: tuple[str, ...] = (
     "id_ecdsa*",
     "id_ed25519*",
     ".netrc",
+    "_netrc",
     ".pgpass",
+    ".my.cnf",
+    ".htpasswd",
     ".git-credentials",
     ".npmrc",
     ".pypirc",
+    ".s3cfg",
+    ".boto",
+    ".vault-token",
+    ".dockercfg",
     "credentials",
     "credentials.json",
     "*credentials*.json",
     "service-account*.json",
+    "client_secret*.json",
     "auth_token",
     "kubeconfig",
+    "kubeconfig.*",
+    "*.kubeconfig",
+    "*.tfvars",
+    "*.tfvars.json",
+    "*.tfstate",
+    "*.tfstate.backup",
+    "secrets.yaml",
+    "secrets.yml",
+    "secrets.json",
+    "secrets.toml",
     ".aws",
+    ".azure",
     ".ssh",
     ".gnupg",
     ".kube",
     ".docker",
+    ".ray",
     ".git",
 )
+
+# What a secret looks like inside a file, whatever its name: (why, patterns that must all
+# occur somewhere in the file). Written so that this source file does not match itself.
+SECRET_CONTENT: tuple[tuple[str, tuple[re.Pattern[bytes], ...]], ...] = (
+    ("a private key", (re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),)),
+    ("an AWS access key id", (re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"),)),
+    ("an AWS secret access key", (re.compile(rb"(?i)aws_secret_access_key[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{40}"),)),
+    ("a Google credential (private_key / refresh_token)", (re.compile(rb'"(?:private_key|refresh_token|client_secret)"\s*:\s*"'),)),
+    ("a kubeconfig (clusters: and users:)", (re.compile(rb"(?m)^clusters:"), re.compile(rb"(?m)^users:"))),
+    ("an npm auth token", (re.compile(rb"(?m)^\s*(?://\S+:)?_auth(?:Token)?\s*=\s*\S"),)),
+    ("a netrc password", (re.compile(rb"\bmachine\s+\S+\s+(?:login\s+\S+\s+)?password\s+\S"),)),
+    ("a GitHub token", (re.compile(rb"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,})"),)),
+    ("a Slack token", (re.compile(rb"\bxox[abprs]-[A-Za-z0-9-]{10,}"),)),
+    ("a Vault token", (re.compile(rb"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"),)),
+    ("a Hugging Face token", (re.compile(rb"\bhf_[A-Za-z0-9]{34}\b"),)),
+)
+
+# Files whose rules Ray's packager applies to the directory it uploads: left out of the
+# staged copy, or they would drop files chosen here (a tracked `.gitignore` with `/runs/`
+# would drop an included runs/x.parquet).
+PACKAGER_IGNORE_FILES = frozenset({".gitignore", ".rayignore"})
+
+# The launcher a job runs (see "How a job finds Python" above); $@ is the tfnas command line.
+LAUNCHER = ".tfnas-job.sh"
+_LAUNCHER_SCRIPT = r"""# Written by `tfnas submit`: run tfnas with the cluster's Python, whatever the head's PATH.
+py="${TFNAS_PYTHON:-}"
+if [ -z "$py" ] && [ -r "/proc/$PPID/status" ]; then
+    raylet=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$PPID/status")
+    py=$(tr '\0' '\n' < "/proc/$raylet/cmdline" 2>/dev/null | sed -n 's/^--python_worker_command=\([^ ]*\).*/\1/p')
+fi
+for candidate in "$py" python3 python; do
+    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import tfnas_ray.cli' 2>/dev/null; then
+        exec "$candidate" -m tfnas_ray.cli "$@"
+    fi
+done
+echo "tfnas job: no Python on this node imports tfnas_ray (tried: \$TFNAS_PYTHON='${TFNAS_PYTHON:-}', the workers' '$py', python3, python); set TFNAS_PYTHON on the cluster" >&2
+exit 127
+"""
+
+_SCAN_CHUNK = 4 << 20  # bytes read at a time when looking for secrets in a file
+_SCAN_OVERLAP = 4096  # a secret split across two chunks is still seen whole
 
 # Ray's JobStatus values after which a job never changes again.
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -184,6 +265,42 @@ def resolve_address(address: str | None = None) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class Shipment:
+    """What a job would upload from a working directory, and what it would not.
+
+    Arguments:
+        root: the working directory, as given.
+        files: paths relative to `root` that are shipped, sorted.
+        left_out: (path, why) for every candidate file that is not shipped, sorted:
+            secrets ("secret: ..."), files git ignores that no include names, symlinks
+            that leave the repository, the packager's ignore files.
+    """
+
+    root: Path
+    files: tuple[str, ...]
+    left_out: tuple[tuple[str, str], ...]
+
+    @property
+    def secrets(self) -> list[str]:
+        """The left-out files that are, or hold, a secret."""
+        return [path for path, why in self.left_out if why.startswith("secret")]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the shipped files hold (symlinks counted by their target)."""
+        return sum((self.root / path).stat().st_size for path in self.files)
+
+    def lines(self) -> list[str]:
+        """A listing for people: every shipped file, then every left-out file and why."""
+        out = [f"would ship {len(self.files)} file(s), {self.total_bytes / 2**20:.2f} MiB, from {self.root}:"]
+        out += [f"  {path}" for path in self.files]
+        if self.left_out:
+            out.append(f"left out {len(self.left_out)} file(s):")
+            out += [f"  {path}: {why}" for path, why in self.left_out]
+        return out
+
+
 def submit_job(
     entrypoint_args: Sequence[str],
     *,
@@ -201,12 +318,13 @@ def submit_job(
             each item is shell-quoted, so spaces and quotes arrive unchanged.
         address: the dashboard URL (see `resolve_address`).
         working_dir: a git checkout whose tracked files are uploaded with the job (see
-            `shipped_files`); the command runs inside them and imports their code first.
+            `plan_shipment`); the command runs inside them and imports their code first.
         include: glob patterns (relative to `working_dir`) of untracked files to ship
-            too, e.g. ["archs.parquet"]; secrets are left out even then.
+            too, e.g. ["runs/archs.parquet"]; secrets are left out even then.
         allow_insecure_token: send the cluster token over plain http to a host that is
             not loopback (see the module docstring).
-        log: receives a line naming the secret-looking files left out, if any.
+        log: receives a line naming the secret-looking files left out, and one for the
+            other files left out, if any.
 
     Returns:
         The job's submission id, which `job_logs`, `wait_for_job` and `tfnas logs`
@@ -214,15 +332,35 @@ def submit_job(
 
     Raises:
         TfnasError: empty or `tfnas`-prefixed arguments, a missing working
-            directory or one that is not a git checkout, an unreachable dashboard,
-            a token that would travel in clear text, a refused token, or the
-            cluster rejecting the job.
+            directory or one that is not a git checkout, an include that matches
+            nothing or leaves the directory, an unreachable dashboard, a token that
+            would travel in clear text, a refused token, or the cluster rejecting
+            the job.
 
     Example:
         >>> job = submit_job(["--help"], address="http://127.0.0.1:8265")  # doctest: +SKIP
         >>> wait_for_job(job, address="http://127.0.0.1:8265").status  # doctest: +SKIP
         'SUCCEEDED'
     """
+    args = check_entrypoint_args(entrypoint_args)
+    shipment = plan_shipment(_checked_working_dir(working_dir), include)
+    secrets = shipment.secrets
+    if secrets:
+        log(f"not shipping {len(secrets)} file(s) that look like secrets: {', '.join(secrets[:5])}{' …' if len(secrets) > 5 else ''}")
+    others = [f"{path} ({why})" for path, why in shipment.left_out if not why.startswith("secret")]
+    if others:
+        log(f"not shipping {len(others)} other file(s): {'; '.join(others[:5])}{' …' if len(others) > 5 else ''}")
+    url = resolve_address(address)
+    with tempfile.TemporaryDirectory(prefix="tfnas-job-") as staging:
+        # Ray zips and uploads `working_dir` inside submit_job, so a copy of exactly
+        # the shipped files needs to live only until it returns.
+        stage(shipment, staging)
+        with _job_client(url, allow_insecure_token=allow_insecure_token) as client:
+            return client.submit_job(entrypoint=job_entrypoint(args), runtime_env={"working_dir": staging})
+
+
+def check_entrypoint_args(entrypoint_args: Sequence[str]) -> list[str]:
+    """The tfnas command line of a job as strings, or a TfnasError saying what is wrong."""
     args = [str(arg) for arg in entrypoint_args]
     if not args:
         raise TfnasError(
@@ -234,70 +372,237 @@ def submit_job(
             f"entrypoint_args starts with 'tfnas' ({shlex.join(args)!r}): give the "
             "arguments after it; `tfnas` is prepended for you"
         )
+    return args
+
+
+def job_entrypoint(args: Sequence[str]) -> str:
+    """The shell command a job runs for `tfnas ARGS`: the shipped launcher, by /bin/sh,
+    so that neither `tfnas` nor `python` has to be on the head's PATH.
+
+    Example:
+        >>> job_entrypoint(["score", "a b.parquet"])
+        "/bin/sh .tfnas-job.sh score 'a b.parquet'"
+    """
+    return shlex.join(["/bin/sh", LAUNCHER, *args])
+
+
+def entrypoint_command(entrypoint: str) -> str:
+    """The tfnas command line a job runs, as a person would type it, for job listings:
+    `tfnas score ...` for a job `submit_job` made, the entrypoint unchanged otherwise."""
+    prefix = shlex.join(["/bin/sh", LAUNCHER]) + " "
+    return "tfnas " + entrypoint[len(prefix):] if entrypoint.startswith(prefix) else entrypoint
+
+
+def _checked_working_dir(working_dir: str | os.PathLike[str]) -> Path:
     directory = Path(working_dir).expanduser()
     if not directory.is_dir():
         raise TfnasError(
             f"working_dir={str(working_dir)!r} is not a directory: give the checkout "
             "to upload with the job (default: the current directory)"
         )
-    files, secrets = shipped_files(directory, include)
-    if secrets:
-        log(f"not shipping {len(secrets)} file(s) that look like secrets: {', '.join(secrets[:5])}{' …' if len(secrets) > 5 else ''}")
-    url = resolve_address(address)
-    with tempfile.TemporaryDirectory(prefix="tfnas-job-") as staging:
-        # Ray zips and uploads `working_dir` inside submit_job, so a copy of exactly
-        # the shipped files needs to live only until it returns.
-        for relative in files:
-            target = Path(staging, relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(directory / relative, target)
-        with _job_client(url, allow_insecure_token=allow_insecure_token) as client:
-            return client.submit_job(
-                entrypoint=shlex.join(["tfnas", *args]),
-                runtime_env={"working_dir": staging},
-            )
+    return directory
+
+
+def plan_shipment(directory: str | os.PathLike[str], include: Sequence[str] = ()) -> Shipment:
+    """Decide what a job uploads from `directory`, and why anything else is left out.
+
+    Candidates are the git-tracked files under `directory` and the files `include`
+    matches (a pattern matching a directory takes the files below it). Left out:
+    - secrets, by path (`SECRET_PATTERNS`) or by content (`SECRET_CONTENT`), tracked,
+      included or reached through a symlink;
+    - files git ignores (`git check-ignore`, with the user's global excludes) that no
+      include names: found under an included directory rather than matched by the
+      pattern itself, so `--include runs/x.parquet` ships it but `--include runs` does
+      not ship what `.gitignore` hides below runs/;
+    - symlinks whose target is not a file inside the repository (its content is never
+      read), and broken ones;
+    - `.gitignore` / `.rayignore`, which Ray's packager would apply to the upload.
+
+    Arguments:
+        directory: the working directory (a git checkout, or any directory when
+            `include` is given).
+        include: glob patterns relative to `directory` (`**` spans directories).
+
+    Returns:
+        A `Shipment`.
+
+    Raises:
+        TfnasError: `directory` is not inside a git checkout and `include` is empty;
+            an include pattern leaves `directory` or matches nothing.
+
+    Example:
+        >>> plan = plan_shipment(".", ["runs/archs.parquet"])   # doctest: +SKIP
+        >>> "runs/archs.parquet" in plan.files, ".env" in plan.files   # doctest: +SKIP
+        (True, False)
+    """
+    root = Path(directory)
+    tracked: set[str] = set()
+    repository = _git_toplevel(root)
+    if repository is not None:
+        listing = _git(root, "ls-files", "-z", "--cached", "--", ".")
+        tracked = {p for p in listing.decode("utf-8", "surrogateescape").split("\0") if p}
+    elif not include:
+        raise TfnasError(
+            f"working_dir={str(root)!r} is not a git checkout: a job ships git-tracked files only; "
+            "name the files to ship with --include PATTERN"
+        )
+    named, found_below = _expand_includes(root, include)
+    left_out: dict[str, str] = {}
+    kept: list[str] = []
+    for path in sorted(tracked | named | found_below):
+        why = _why_left_out(root, repository or root.resolve(), path)
+        if why is not None:
+            left_out[path] = why
+        elif (root / path).is_file():  # a tracked file deleted since is simply not there
+            kept.append(path)
+    if repository is not None:
+        ignored = _git_ignored(root, [p for p in kept if p not in tracked and p not in named])
+        for path, rule in ignored.items():
+            left_out[path] = f"ignored by git ({rule}); name it in --include to ship it"
+    files = [p for p in kept if p not in left_out]
+    return Shipment(root=root, files=tuple(files), left_out=tuple(sorted(left_out.items())))
 
 
 def shipped_files(directory: str | os.PathLike[str], include: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """What `submit_job` uploads from `directory`: its git-tracked files and the files
-    matching `include`, minus anything matching `SECRET_PATTERNS`.
+    """(shipped files, secrets left out) of `plan_shipment(directory, include)`."""
+    shipment = plan_shipment(directory, include)
+    return list(shipment.files), shipment.secrets
 
-    Returns:
-        (shipped, left out as secrets): paths relative to `directory`, sorted.
 
-    Raises:
-        TfnasError: `directory` is not inside a git checkout and `include` is empty.
+def stage(shipment: Shipment, staging: str | os.PathLike[str]) -> None:
+    """Copy the shipped files into the empty directory `staging`, plus the launcher.
 
-    Example:
-        >>> shipped, secrets = shipped_files(".")   # doctest: +SKIP
-        >>> "pyproject.toml" in shipped, ".env" in shipped   # doctest: +SKIP
-        (True, False)
+    A symlink is copied as its target's content (checked by `plan_shipment` to be a
+    file inside the repository); ignore files are not copied, so Ray's packager, which
+    honours `.gitignore` and `.rayignore` in the directory it zips, drops nothing.
     """
-    directory = Path(directory)
-    tracked: set[str] = set()
+    for relative in shipment.files:
+        target = Path(staging, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipment.root / relative, target)
+        shutil.copystat(shipment.root / relative, target)
+    Path(staging, LAUNCHER).write_text(_LAUNCHER_SCRIPT)
+
+
+def _git(cwd: Path, *args: str, stdin: bytes | None = None, ok: tuple[int, ...] = (0,)) -> bytes:
+    done = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, timeout=120)
+    if done.returncode not in ok:
+        message = done.stderr.decode(errors="replace").strip().splitlines()
+        raise TfnasError(f"`git {args[0]}` in {cwd} failed: {message[0] if message else done.returncode}")
+    return done.stdout
+
+
+def _git_toplevel(directory: Path) -> Path | None:
+    """The repository's root, resolved, or None when `directory` is not in a checkout."""
     try:
-        listing = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--", "."],
-            cwd=directory, capture_output=True, check=True, timeout=60,
+        done = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=directory, capture_output=True, timeout=60
         )
-        tracked = {p for p in listing.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
     except (OSError, subprocess.SubprocessError):
-        if not include:
-            raise TfnasError(
-                f"working_dir={str(directory)!r} is not a git checkout: a job ships git-tracked files only; "
-                "name the files to ship with --include PATTERN"
-            ) from None
-    chosen = {p for p in tracked if (directory / p).is_file()}  # a tracked file deleted since is not shipped
+        return None
+    if done.returncode != 0:
+        return None
+    return Path(done.stdout.decode("utf-8", "surrogateescape").strip()).resolve()
+
+
+def _git_ignored(root: Path, paths: Sequence[str]) -> dict[str, str]:
+    """{path: "SOURCE:LINE:PATTERN"} for the paths git ignores (none outside a checkout)."""
+    if not paths:
+        return {}
+    out = _git(root, "check-ignore", "-v", "-z", "--stdin", stdin=b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths) + b"\0", ok=(0, 1))
+    fields = out.decode("utf-8", "surrogateescape").split("\0")
+    ignored = {}
+    for source, line, pattern, path in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4]):
+        if pattern and not pattern.startswith("!"):
+            ignored[path] = f"{source}:{line}:{pattern}"
+    return ignored
+
+
+def _expand_includes(root: Path, include: Sequence[str]) -> tuple[set[str], set[str]]:
+    """(paths the patterns match themselves, paths found below matched directories),
+    relative to `root`; symlinked directories are listed, never entered."""
+    named: set[str] = set()
+    below: set[str] = set()
+    base = os.path.abspath(root)
     for pattern in include:
-        for match in directory.glob(pattern):
-            paths = [match] if match.is_file() else [p for p in match.rglob("*") if p.is_file()]
-            chosen.update(p.relative_to(directory).as_posix() for p in paths)
-    secrets = sorted(p for p in chosen if _looks_secret(p))
-    return sorted(chosen - set(secrets)), secrets
+        relative = pattern
+        if os.path.isabs(pattern):
+            relative = os.path.relpath(pattern, base)
+        normal = os.path.normpath(relative)
+        if normal == ".." or normal.startswith(".." + os.sep):
+            raise InputError(f"--include {pattern!r} leaves the working directory {str(root)!r}: give paths inside it")
+        matches = glob.glob(relative, root_dir=root, recursive=True, include_hidden=True)
+        if not matches:
+            raise InputError(f"--include {pattern!r} matches no file under {str(root)!r}")
+        for match in matches:
+            path = os.path.normpath(match)
+            if path == ".." or path.startswith(".." + os.sep):
+                raise InputError(f"--include {pattern!r} leaves the working directory {str(root)!r}: give paths inside it")
+            full = root / path
+            if full.is_dir() and not full.is_symlink():
+                for folder, dirs, files in os.walk(full):  # followlinks=False
+                    for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                        below.add(Path(os.path.relpath(os.path.join(folder, name), root)).as_posix())
+            elif path != ".":
+                named.add(Path(path).as_posix())
+    return named, below - named
 
 
-def _looks_secret(relative: str) -> bool:
-    return any(fnmatch.fnmatch(part, pattern) for part in relative.split("/") for pattern in SECRET_PATTERNS)
+def _why_left_out(root: Path, repository: Path, relative: str) -> str | None:
+    """Why `relative` must not ship (secret, symlink out of the repository, ignore
+    file), or None. Content is read only from files inside the repository."""
+    secret = _secret_by_path(relative)
+    if secret:
+        return f"secret: {secret}"
+    full = root / relative
+    through_link = full.is_symlink() or any((root / parent).is_symlink() for parent in Path(relative).parents if parent != Path("."))
+    if through_link:
+        target = full.resolve()
+        if not target.is_relative_to(repository):
+            return f"symlink to {target}, outside the repository {repository}"
+        if not target.exists():
+            return f"broken symlink (to {target})"
+        if not target.is_file():
+            return f"symlink to a directory ({target}): include the directory itself"
+        secret = _secret_by_path(target.relative_to(repository).as_posix())
+        if secret:
+            return f"secret: symlink to {target.relative_to(repository).as_posix()}, {secret}"
+    if full.name in PACKAGER_IGNORE_FILES:
+        return "ignore file: Ray's packager would apply it to the upload"
+    if full.is_file():
+        secret = _secret_in_content(full)
+        if secret:
+            return f"secret: holds {secret}"
+    return None
+
+
+def _secret_by_path(relative: str) -> str | None:
+    parts = relative.lower().split("/")
+    for part in parts:
+        for pattern in SECRET_PATTERNS:
+            if fnmatch.fnmatchcase(part, pattern):
+                return f"path matches {pattern!r}"
+    if "gcloud" in parts and ".config" in parts:
+        return "path in a gcloud configuration directory"
+    return None
+
+
+def _secret_in_content(path: Path) -> str | None:
+    """The first `SECRET_CONTENT` rule whose patterns all occur in the file, or None."""
+    seen: dict[str, set[int]] = {}
+    tail = b""
+    with path.open("rb") as stream:
+        while True:
+            chunk = stream.read(_SCAN_CHUNK)
+            if not chunk:
+                return None
+            window = tail + chunk
+            for why, patterns in SECRET_CONTENT:
+                found = seen.setdefault(why, set())
+                found.update(i for i, pattern in enumerate(patterns) if pattern.search(window))
+                if len(found) == len(patterns):
+                    return why
+            tail = window[-_SCAN_OVERLAP:]
 
 
 def list_jobs(address: str | None = None, *, allow_insecure_token: bool = False) -> list[JobInfo]:
