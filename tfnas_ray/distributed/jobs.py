@@ -78,10 +78,8 @@ ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 # case-insensitively on every part of the path): environment files, private keys and
 # keystores, cloud and registry credentials, token files, kubeconfigs, Terraform variables.
 SECRET_PATTERNS: tuple[str, ...] = (
-    ".env",
-    ".env.*",
+    ".env*",
     "*.env",
-    ".envrc",
     "*.pem",
     "*.key",
     "*.p12",
@@ -154,22 +152,19 @@ SECRET_CONTENT: tuple[tuple[str, tuple[re.Pattern[bytes], ...]], ...] = (
 # would drop an included runs/x.parquet).
 PACKAGER_IGNORE_FILES = frozenset({".gitignore", ".rayignore"})
 
-# The launcher a job runs (see "How a job finds Python" above); $@ is the tfnas command line.
-LAUNCHER = ".tfnas-job.sh"
-_LAUNCHER_SCRIPT = r"""# Written by `tfnas submit`: run tfnas with the cluster's Python, whatever the head's PATH.
-py="${TFNAS_PYTHON:-}"
-if [ -z "$py" ] && [ -r "/proc/$PPID/status" ]; then
-    raylet=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$PPID/status")
-    py=$(tr '\0' '\n' < "/proc/$raylet/cmdline" 2>/dev/null | sed -n 's/^--python_worker_command=\([^ ]*\).*/\1/p')
-fi
-for candidate in "$py" python3 python; do
-    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import tfnas_ray.cli' 2>/dev/null; then
-        exec "$candidate" -m tfnas_ray.cli "$@"
-    fi
-done
-echo "tfnas job: no Python on this node imports tfnas_ray (tried: \$TFNAS_PYTHON='${TFNAS_PYTHON:-}', the workers' '$py', python3, python); set TFNAS_PYTHON on the cluster" >&2
-exit 127
-"""
+# The shell script a job runs, as `/bin/sh -c SCRIPT tfnas ARGS` (see "How a job finds
+# Python" above): $TFNAS_PYTHON, else the workers' interpreter from the raylet's command
+# line (the raylet is the parent of the job's supervisor, which is the shell's parent),
+# else python3 / python; the first that imports tfnas_ray runs `-m tfnas_ray.cli ARGS`.
+_LAUNCHER_SCRIPT = (
+    r'py=${TFNAS_PYTHON:-$(tr "\0" "\n" <"/proc/$(sed -n "s/^PPid:[[:space:]]*//p" /proc/$PPID/status)/cmdline" 2>/dev/null'
+    r' | sed -n "s/^--python_worker_command=\([^ ]*\).*/\1/p")}; '
+    r'for p in "$py" python3 python; do '
+    r'[ -n "$p" ] && "$p" -c "import tfnas_ray.cli" 2>/dev/null && exec "$p" -m tfnas_ray.cli "$@"; '
+    r"done; "
+    r'echo "tfnas job: no Python on this node imports tfnas_ray (tried: $py python3 python); set TFNAS_PYTHON on the cluster" >&2; '
+    r"exit 127"
+)
 
 _SCAN_CHUNK = 4 << 20  # bytes read at a time when looking for secrets in a file
 _SCAN_OVERLAP = 4096  # a secret split across two chunks is still seen whole
@@ -376,20 +371,20 @@ def check_entrypoint_args(entrypoint_args: Sequence[str]) -> list[str]:
 
 
 def job_entrypoint(args: Sequence[str]) -> str:
-    """The shell command a job runs for `tfnas ARGS`: the shipped launcher, by /bin/sh,
-    so that neither `tfnas` nor `python` has to be on the head's PATH.
+    """The shell command a job runs for `tfnas ARGS`: a launcher run by /bin/sh, so that
+    neither `tfnas` nor `python` has to be on the head's PATH.
 
     Example:
-        >>> job_entrypoint(["score", "a b.parquet"])
-        "/bin/sh .tfnas-job.sh score 'a b.parquet'"
+        >>> job_entrypoint(["score", "a b.parquet"]).endswith("tfnas score 'a b.parquet'")
+        True
     """
-    return shlex.join(["/bin/sh", LAUNCHER, *args])
+    return shlex.join(["/bin/sh", "-c", _LAUNCHER_SCRIPT, "tfnas", *args])
 
 
 def entrypoint_command(entrypoint: str) -> str:
     """The tfnas command line a job runs, as a person would type it, for job listings:
     `tfnas score ...` for a job `submit_job` made, the entrypoint unchanged otherwise."""
-    prefix = shlex.join(["/bin/sh", LAUNCHER]) + " "
+    prefix = shlex.join(["/bin/sh", "-c", _LAUNCHER_SCRIPT, "tfnas"]) + " "
     return "tfnas " + entrypoint[len(prefix):] if entrypoint.startswith(prefix) else entrypoint
 
 
@@ -470,7 +465,7 @@ def shipped_files(directory: str | os.PathLike[str], include: Sequence[str] = ()
 
 
 def stage(shipment: Shipment, staging: str | os.PathLike[str]) -> None:
-    """Copy the shipped files into the empty directory `staging`, plus the launcher.
+    """Copy the shipped files into the empty directory `staging`.
 
     A symlink is copied as its target's content (checked by `plan_shipment` to be a
     file inside the repository); ignore files are not copied, so Ray's packager, which
@@ -481,7 +476,6 @@ def stage(shipment: Shipment, staging: str | os.PathLike[str]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shipment.root / relative, target)
         shutil.copystat(shipment.root / relative, target)
-    Path(staging, LAUNCHER).write_text(_LAUNCHER_SCRIPT)
 
 
 def _git(cwd: Path, *args: str, stdin: bytes | None = None, ok: tuple[int, ...] = (0,)) -> bytes:
