@@ -153,14 +153,17 @@ SECRET_CONTENT: tuple[tuple[str, tuple[re.Pattern[bytes], ...]], ...] = (
 PACKAGER_IGNORE_FILES = frozenset({".gitignore", ".rayignore"})
 
 # The shell script a job runs, as `/bin/sh -c SCRIPT tfnas ARGS` (see "How a job finds
-# Python" above): $TFNAS_PYTHON, else the workers' interpreter from the raylet's command
-# line (the raylet is the parent of the job's supervisor, which is the shell's parent),
+# Python" above): $TFNAS_PYTHON, else the workers' interpreter from the command line of
+# the raylet among the shell's ancestors (supervisor, raylet; a shell or two between),
 # else python3 / python; the first that imports tfnas_ray runs `-m tfnas_ray.cli ARGS`.
 _LAUNCHER_SCRIPT = (
-    r'py=${TFNAS_PYTHON:-$(tr "\0" "\n" <"/proc/$(sed -n "s/^PPid:[[:space:]]*//p" /proc/$PPID/status)/cmdline" 2>/dev/null'
-    r' | sed -n "s/^--python_worker_command=\([^ ]*\).*/\1/p")}; '
-    r'for p in "$py" python3 python; do '
-    r'[ -n "$p" ] && "$p" -c "import tfnas_ray.cli" 2>/dev/null && exec "$p" -m tfnas_ray.cli "$@"; '
+    r'py=${TFNAS_PYTHON:-}; p=$PPID; n=0; '
+    r'while [ -z "$py" ] && [ "${p:-0}" -gt 1 ] && [ $n -lt 8 ]; do '
+    r'py=$(tr "\0" "\n" <"/proc/$p/cmdline" 2>/dev/null | sed -n "s/^--python_worker_command=\([^ ]*\).*/\1/p"); '
+    r'p=$(sed -n "s/^PPid:[[:space:]]*//p" "/proc/$p/status" 2>/dev/null); n=$((n + 1)); '
+    r"done; "
+    r'for c in "$py" python3 python; do '
+    r'[ -n "$c" ] && "$c" -c "import tfnas_ray.cli" 2>/dev/null && exec "$c" -m tfnas_ray.cli "$@"; '
     r"done; "
     r'echo "tfnas job: no Python on this node imports tfnas_ray (tried: $py python3 python); set TFNAS_PYTHON on the cluster" >&2; '
     r"exit 127"
