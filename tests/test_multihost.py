@@ -124,11 +124,20 @@ def _skip_reason() -> str | None:
         return "needs root to create network namespaces (CI runs as root)"
     if shutil.which("ip") is None:
         return "needs iproute2's `ip` (.ci/run installs it)"
-    probe = f"{NETNS_PREFIX}{PID}-h0"
-    made = _ipcmd("netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.strip()}"
-    _ipcmd("netns", "del", probe, check=False)
+    # Everything the test does to the network, once, on a namespace and a link of its own.
+    probe, link = f"{NETNS_PREFIX}{PID}-h0", f"{LINK_PREFIX}{PID}v0"
+    try:
+        for step in (
+            ["netns", "add", probe],
+            ["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", probe],
+            ["netns", "exec", probe, "ip", "link", "set", "lo", "up"],
+        ):
+            done = _ipcmd(*step, check=False)
+            if done.returncode != 0:
+                return f"cannot build network namespaces here (`ip {' '.join(step)}`: {done.stderr.strip()})"
+    finally:
+        _ipcmd("link", "del", link, check=False)
+        _ipcmd("netns", "del", probe, check=False)
     return None
 
 
