@@ -151,6 +151,7 @@ SECRET_CONTENT: tuple[tuple[str, tuple[re.Pattern[bytes], ...]], ...] = (
 # staged copy, or they would drop files chosen here (a tracked `.gitignore` with `/runs/`
 # would drop an included runs/x.parquet).
 PACKAGER_IGNORE_FILES = frozenset({".gitignore", ".rayignore"})
+_IGNORE_FILE = "ignore file"  # how plan_shipment says so (not worth a line at every submit)
 
 # The shell script a job runs, as `/bin/sh -c SCRIPT tfnas ARGS` (see "How a job finds
 # Python" above): $TFNAS_PYTHON, else the workers' interpreter from the command line of
@@ -345,7 +346,7 @@ def submit_job(
     secrets = shipment.secrets
     if secrets:
         log(f"not shipping {len(secrets)} file(s) that look like secrets: {', '.join(secrets[:5])}{' …' if len(secrets) > 5 else ''}")
-    others = [f"{path} ({why})" for path, why in shipment.left_out if not why.startswith("secret")]
+    others = [f"{path} ({why})" for path, why in shipment.left_out if not why.startswith(("secret", _IGNORE_FILE))]
     if others:
         log(f"not shipping {len(others)} other file(s): {'; '.join(others[:5])}{' …' if len(others) > 5 else ''}")
     url = resolve_address(address)
@@ -454,9 +455,10 @@ def plan_shipment(directory: str | os.PathLike[str], include: Sequence[str] = ()
         elif (root / path).is_file():  # a tracked file deleted since is simply not there
             kept.append(path)
     if repository is not None:
-        ignored = _git_ignored(root, [p for p in kept if p not in tracked and p not in named])
-        for path, rule in ignored.items():
-            left_out[path] = f"ignored by git ({rule}); name it in --include to ship it"
+        # git refuses paths beyond a symlink: ask about a linked file by its target.
+        asked = {_git_path(root, p): p for p in kept if p not in tracked and p not in named}
+        for query, rule in _git_ignored(root, sorted(asked)).items():
+            left_out[asked[query]] = f"ignored by git ({rule}); name it in --include to ship it"
     files = [p for p in kept if p not in left_out]
     return Shipment(root=root, files=tuple(files), left_out=tuple(sorted(left_out.items())))
 
@@ -500,6 +502,14 @@ def _git_toplevel(directory: Path) -> Path | None:
     if done.returncode != 0:
         return None
     return Path(done.stdout.decode("utf-8", "surrogateescape").strip()).resolve()
+
+
+def _git_path(root: Path, relative: str) -> str:
+    """`relative` as git may be asked about it: through a symlink, its target's path."""
+    full = root / relative
+    if not any(p.is_symlink() for p in [full, *(root / q for q in Path(relative).parents if q != Path("."))]):
+        return relative
+    return os.path.relpath(full.resolve(), root.resolve())
 
 
 def _git_ignored(root: Path, paths: Sequence[str]) -> dict[str, str]:
@@ -565,7 +575,7 @@ def _why_left_out(root: Path, repository: Path, relative: str) -> str | None:
         if secret:
             return f"secret: symlink to {target.relative_to(repository).as_posix()}, {secret}"
     if full.name in PACKAGER_IGNORE_FILES:
-        return "ignore file: Ray's packager would apply it to the upload"
+        return f"{_IGNORE_FILE}: Ray's packager would apply it to the upload"
     if full.is_file():
         secret = _secret_in_content(full)
         if secret:
