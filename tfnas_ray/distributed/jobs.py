@@ -577,7 +577,10 @@ def _why_left_out(root: Path, repository: Path, relative: str) -> str | None:
     if full.name in PACKAGER_IGNORE_FILES:
         return f"{_IGNORE_FILE}: Ray's packager would apply it to the upload"
     if full.is_file():
-        secret = _secret_in_content(full)
+        try:
+            secret = _secret_in_content(full)
+        except OSError as err:  # what cannot be checked does not ship
+            return f"cannot be read to check it for secrets ({type(err).__name__}: {err.strerror})"
         if secret:
             return f"secret: holds {secret}"
     return None
