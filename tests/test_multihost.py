@@ -49,7 +49,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("params", "hidden_cov")  # cheap: a parameter count and one forward pass
 N_ARCHS = 8
-PAUSE_S = 2.0  # each scorer's first attempt at an architecture waits this long (the drill)
+PAUSE_S = 1.5  # each scorer's first attempt at an architecture waits this long (the drill)
+# The head declares a node dead after 3 failed health checks 1 s apart (Ray's default: 5,
+# 3 s apart), so that losing host 3 costs the test seconds, not tens of seconds.
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 PID = os.getpid()
 NETNS_PREFIX = "tfnas-"  # netns tfnas-<pid>-h1 .. h3
@@ -218,7 +221,9 @@ class Hosts:
         self.processes.append((name, process, log))
         return process
 
-    def start_cluster(self, head_env: dict[str, str]) -> None:
+    def start_cluster(self, head_env: dict[str, str], meanwhile=lambda: None) -> object:
+        """Start S3, the head, then the workers; return what `meanwhile()`, run while
+        the head comes up, returned."""
         ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--object-store-memory=100000000"]
         self.spawn("moto", 1, [sys.executable, "-m", "moto.server", "-H", HEAD_IP, "-p", str(S3_PORT)], self.env())
         self.spawn(
@@ -227,6 +232,7 @@ class Hosts:
              "--include-dashboard=true", f"--dashboard-host={HEAD_IP}", "--dashboard-port=8265", f"--temp-dir={self.root / 'h1'}"],
             head_env,
         )
+        result = meanwhile()
         _wait_for("dashboard", lambda: self.dashboard("/api/version") is not None, 120, processes=self.processes)
         for host in (2, 3):
             self.spawn(
@@ -235,6 +241,7 @@ class Hosts:
                 self.env(),
             )
         _wait_for("three alive nodes", lambda: len(self.alive_nodes()) == 3, 120, processes=self.processes)
+        return result
 
     def dashboard(self, path: str) -> dict | None:
         """GET a dashboard endpoint with the cluster token; None while it does not answer."""
@@ -282,13 +289,18 @@ def archs() -> "tables.pa.Table":
     return table.take(keep)
 
 
-@pytest.fixture(scope="module")
-def reference(archs, ray_cluster, tmp_path_factory) -> list:
-    """The one-host run: the same architectures and metrics on the session's local Ray."""
+def _one_host_run(archs, out: Path) -> list:
+    """The reference: the same architectures and metrics on the session's local Ray."""
     from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
 
-    summary = run_scoring(archs, str(tmp_path_factory.mktemp("one-host")), ScoreConfig(metrics=METRICS, shard_size=1), progress=False, log=lambda line: None)
+    summary = run_scoring(archs, str(out), ScoreConfig(metrics=METRICS, shard_size=1), progress=False, log=lambda line: None)
     return _rows(summary.table)
+
+
+@pytest.fixture(scope="module")
+def reference(hosts) -> list:
+    """Rows (arch_id, metric, value, error) of the one-host run."""
+    return hosts.reference
 
 
 def _rows(table) -> list:
@@ -296,7 +308,7 @@ def _rows(table) -> list:
 
 
 @pytest.fixture(scope="module")
-def hosts(archs, tmp_path_factory):
+def hosts(archs, tmp_path_factory, request):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -311,7 +323,12 @@ def hosts(archs, tmp_path_factory):
         # The drill reaches the job's driver through the head's environment; the driver
         # forwards it to the scorers it starts.
         drill = Drill(pause={arch_id: PAUSE_S for arch_id in archs.column("arch_id").to_pylist()}, dir=str(made.drill_dir))
-        made.start_cluster(made.env(**drill.to_env()))
+
+        def one_host_run() -> list:  # while the head comes up: the two share the CPUs better than one waits
+            request.getfixturevalue("ray_cluster")
+            return _one_host_run(archs, tmp_path_factory.mktemp("one-host"))
+
+        made.reference = made.start_cluster(made.env(**drill.to_env(), **HEALTH_CHECKS), meanwhile=one_host_run)
         yield made
     finally:
         made.teardown()
