@@ -34,10 +34,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from tfnas_ray import tables
@@ -278,7 +278,7 @@ class Hosts:
 
 
 @pytest.fixture(scope="module")
-def archs() -> "tables.pa.Table":
+def archs() -> pa.Table:
     """Eight distinct NAS-Bench-NLP cells, the first of the shipped PTB benchmark."""
     table, _ = get_benchmark("nb-nlp-ptb").load()
     seen, keep = set(), []
@@ -375,6 +375,7 @@ def test_a_submitted_job_survives_losing_a_host(hosts, bucket, archs, reference)
     runs = REPO / "runs" / f"tfnas-mh-{PID}"  # git-ignored (/runs/): shipped because --include names it
     made_runs = not runs.parent.exists()
     runs.mkdir(parents=True)
+    submit = None
     try:
         tables.write_table("archs", archs, runs / "archs.parquet")
         archs_path = (runs / "archs.parquet").relative_to(REPO).as_posix()
@@ -395,6 +396,9 @@ def test_a_submitted_job_survives_losing_a_host(hosts, bucket, archs, reference)
         submit.wait(timeout=240)
         output = log.read_text()
     finally:
+        if submit is not None and submit.poll() is None:  # a step failed: it is ours to stop
+            submit.kill()
+            submit.wait(timeout=30)
         shutil.rmtree(runs if not made_runs else runs.parent, ignore_errors=True)
     assert submit.returncode == 0, output
     job_id = re.search(r"submitted (raysubmit_\w+) to " + re.escape(DASHBOARD), output).group(1)
