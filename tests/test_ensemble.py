@@ -24,14 +24,36 @@ def _aligned(quality, columns) -> Aligned:
     return Aligned(tuple(f"a{i}" for i in range(quality.size)), "glue", quality, quality, columns)
 
 
-def test_fast_kendall_equals_scipy_with_ties_and_constants():
+@pytest.mark.parametrize("method", ["sweep", "scipy", "auto"])
+def test_fast_kendall_equals_scipy_with_ties_and_constants(method):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 6, size=50).astype(float)  # many ties
     x = np.vstack([rng.integers(0, 4, size=50), rng.normal(size=50), y * 2 + 1, np.ones(50)]).astype(float)
-    fast = kendall_tau_b_many(x, y, chunk=3)
+    fast = kendall_tau_b_many(x, y, method=method)
     for row, value in zip(x[:3], fast[:3]):
         assert value == pytest.approx(stats.kendalltau(row, y, variant="b").statistic, abs=1e-12)
     assert np.isnan(fast[3])  # a constant side: undefined, as scipy says
+
+
+@pytest.mark.parametrize("method", ["sweep", "auto"])
+def test_fast_kendall_is_exact_and_memory_bounded_beyond_2_to_the_24_pairs(method):
+    """n = 6,000: 17,997,000 pairs, more than 2²⁴ = 16,777,216, where a float32 count of
+    concordant pairs stops being exact; x nearly equal to y, so that count is near 1.6·10⁷
+    and beyond. Memory: the n²/2 pairs would take 144 MB as float64 alone."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    y = rng.integers(0, 400, size=n).astype(float)  # ties: about 15 per value
+    x = np.vstack([y + rng.integers(0, 2, size=n), np.round(y / 7) + rng.normal(0, 0.2, size=n), rng.integers(0, 3, size=n)]).astype(float)
+    tracemalloc.start()
+    fast = kendall_tau_b_many(x, y, method=method)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    want = [stats.kendalltau(row, y, variant="b").statistic for row in x]
+    assert want[0] > 0.95  # the regime where a float32 count fails
+    np.testing.assert_allclose(fast, want, rtol=0, atol=1e-13)
+    assert peak < 48 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
 def test_candidates_are_every_subset_with_weights_once_up_to_a_factor():

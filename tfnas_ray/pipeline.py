@@ -504,8 +504,9 @@ def ensemble_run(
     single metric among `metrics` (default every metric of the run), plus each `fixed`
     method on the same held-out folds. Returns an `analysis.ensemble.EnsembleResult`."""
     from tfnas_ray.analysis.aligned import align
-    from tfnas_ray.analysis.ensemble import EnsembleConfig, cross_validate, evaluate_fixed
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, check_choice_metrics, cross_validate, evaluate_fixed
 
+    check_choice_metrics(metrics)  # before any scoring
     config = dataclasses.replace(config, metrics=_method_members((metrics or []) + (fixed or [])) or config.metrics)
     inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
     chosen_from = metrics or inputs.metrics
