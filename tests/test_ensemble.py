@@ -160,3 +160,77 @@ def test_correlate_accepts_an_ensemble_by_its_merit():
     # Merit: mean of ranks of −a (1..6) and b (1,2,3,4,6,5) = 1,2,3,4,5.5,5.5: one tie, no
     # discordant pair: τ-b = 14 / √(14 · 15).
     assert by_metric["ensemble:a+b"]["kendall_tau"] == pytest.approx(14 / np.sqrt(14 * 15), abs=1e-12)
+
+
+# ---- issue 19: paired comparisons over folds ---------------------------------------------
+
+
+def _result(ensemble_tau, single_tau, fold_size=40):
+    from tfnas_ray.analysis.ensemble import CvOutcome, EnsembleResult
+
+    k = len(ensemble_tau)
+    folds = [np.arange(i * fold_size, (i + 1) * fold_size) for i in range(k)]
+    outcomes = [CvOutcome("best ensemble (2..3 metrics)", ["ensemble:a+b"] * k, list(ensemble_tau), list(ensemble_tau), "ensemble:a+b"),
+                CvOutcome("best single metric", ["a"] * k, list(single_tau), list(single_tau), "a")]
+    return EnsembleResult(target="glue", n=k * fold_size, metrics=["a", "b"], candidates=5, folds=folds, outcomes=outcomes)
+
+
+def test_a_winner_needs_a_paired_difference_over_folds_that_excludes_zero():
+    from tfnas_ray.analysis.ensemble import fold_difference
+
+    # The issue's case: means +0.378 vs +0.340 with fold-to-fold swings of ±0.3.
+    noisy = _result([0.6, 0.1, 0.5, 0.2, 0.49], [0.3, 0.4, 0.2, 0.5, 0.3])
+    text = format_ensemble(noisy)
+    assert "winner" not in text.replace("no clear winner", "")
+    assert "no clear winner between best ensemble (2..3 metrics) (+0.378) and best single metric (+0.340)" in text
+    # Corrected resampled t (Nadeau & Bengio 2003): var = sd²(1/k + n_test/n_train), with
+    # k = 5 equal folds n_test/n_train = 1/4; t(0.975, 4) = 2.776445 (scipy.stats.t.ppf).
+    d = fold_difference(*noisy.outcomes, noisy.folds)
+    diffs = np.array([0.3, -0.3, 0.3, -0.3, 0.19])
+    half = 2.7764451051977987 * diffs.std(ddof=1) * np.sqrt(1 / 5 + 1 / 4)
+    assert d.diffs == pytest.approx(diffs.tolist(), abs=1e-15)
+    assert (d.mean, d.lo, d.hi) == pytest.approx((diffs.mean(), diffs.mean() - half, diffs.mean() + half), abs=1e-12)
+    # Consistently ahead on every fold: a winner.
+    clear = _result([0.42, 0.35, 0.51, 0.30, 0.44], [0.33, 0.25, 0.40, 0.21, 0.35])
+    assert "winner, out-of-fold τ: best ensemble (2..3 metrics) (+0.404 vs +0.308;" in format_ensemble(clear)
+    behind = _result([0.33, 0.25, 0.40, 0.21, 0.35], [0.42, 0.35, 0.51, 0.30, 0.44])
+    assert "winner, out-of-fold τ: best single metric (+0.404 vs +0.308;" in format_ensemble(behind)
+
+
+def test_every_outcome_is_compared_with_the_best_baseline_fold_by_fold():
+    from tfnas_ray.analysis.ensemble import fold_difference
+
+    rng = np.random.default_rng(9)
+    quality = rng.normal(size=250)
+    columns = {"params": quality + 1.5 * rng.normal(size=250), "layers": quality + 3 * rng.normal(size=250),
+               "good": quality + 0.5 * rng.normal(size=250), "noise": rng.normal(size=250)}
+    directions = {m: "higher-is-better" for m in columns}
+    data = _aligned(quality, columns)
+    result = cross_validate(data, directions, EnsembleConfig(folds=5, max_members=2), baselines=["params", "layers"], fixed=["noise"])
+    assert result.baselines == ["params", "layers"]
+    reference = result.reference
+    assert reference.name == "best baseline" and set(reference.chosen) <= {"params", "layers"}
+    for fold, name, tau in zip(result.folds, reference.chosen, reference.tau):  # chosen on the other folds, reported held out
+        assert tau == stats.kendalltau(data.columns[name][fold], data.quality[fold], variant="b").statistic
+    by_name = {o.name: o for o in result.outcomes}
+    single = fold_difference(by_name["best single metric"], reference, result.folds)
+    assert single.diffs == pytest.approx((np.array(by_name["best single metric"].tau) - np.array(reference.tau)).tolist(), abs=1e-15)
+    assert single.positive  # `good` (noise sd 0.5) against params (sd 1.5): τ ≈ 0.59 vs 0.37
+    noise = fold_difference(by_name["noise (fixed)"], reference, result.folds)
+    assert noise.mean < -0.2 and not noise.positive
+    text = format_ensemble(result)
+    assert "Δτ vs best baseline" in text and "(the reference)" in text
+    assert "do not beat the best baseline (params on all architectures; Δτ interval not above 0): noise (fixed)" in text
+    # Without flagged baselines and without `params`, there is no comparison to print.
+    plain = cross_validate(_aligned(quality, {"good": columns["good"], "noise": columns["noise"]}), directions, EnsembleConfig(folds=5, max_members=2))
+    assert plain.reference is None and "best baseline" not in format_ensemble(plain)
+
+
+def test_an_ensemble_among_the_metrics_to_choose_from_is_refused_up_front():
+    from tfnas_ray.analysis.ensemble import check_choice_metrics
+    from tfnas_ray.errors import InputError
+
+    with pytest.raises(InputError, match=r"--metric 'ensemble:a\+b': the metrics to choose from must be single metrics .* pass --method ensemble:a\+b"):
+        check_choice_metrics(["a", "ensemble:a+b"])
+    check_choice_metrics(["a", "b"])
+    check_choice_metrics(None)
