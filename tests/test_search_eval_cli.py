@@ -81,3 +81,13 @@ def test_ensemble_and_evaluate_search_compare_with_params_as_the_baseline(run_di
     assert result.exit_code == 0, result.output
     assert "Δ regret vs params [paired 95% CI]" in result.output
     assert "do not beat the best baseline params (paired interval not below 0): head_confidence" in result.output
+
+
+def test_evaluate_search_takes_a_reference_and_evaluates_it_too(run_dir, tmp_path):
+    out = tmp_path / "eval.parquet"
+    result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "-m", "params", "--reference", "head_confidence", "--pools", "100", "--pool-size", "20", "--keep", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = tables.read_table("search_eval", out).to_pylist()
+    assert {r["method"] for r in rows} == {"oracle", "params", "head_confidence", "random"}
+    assert {r["reference"] for r in rows} == {"head_confidence"}
+    assert "Δ regret vs head_confidence [paired 95% CI]" in result.output
