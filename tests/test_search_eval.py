@@ -11,7 +11,6 @@ import pytest
 from tfnas_ray import tables
 from tfnas_ray.analysis.aligned import Aligned, align, target_direction
 from tfnas_ray.analysis.search_eval import (
-    EXTRA_COLUMNS,
     SearchEvalConfig,
     draw_pools,
     evaluate_search,
@@ -123,6 +122,8 @@ def test_table_is_seeded_has_the_schema_and_prints():
     config = SearchEvalConfig(pools=100, pool_sizes=(5,), keeps=(1, 3), seed=7)
     first = evaluate_search(data, ["m"], {"m": "higher-is-better"}, config)
     assert first.equals(evaluate_search(data, ["m"], {"m": "higher-is-better"}, config))
+    from tfnas_ray.analysis.search_eval import EXTRA_COLUMNS
+
     assert first.schema.names == tables.SEARCH_EVAL.names + list(EXTRA_COLUMNS)
     assert {r["method"] for r in first.to_pylist()} == {"oracle", "m", "random"}
     text = format_search_eval(first)
