@@ -354,16 +354,17 @@ def _second_plan(run: Path, *, metric: str, scale: float) -> None:
     import time
 
     from tfnas_ray.plans import plans_in, write_manifest
+    from tfnas_ray.storage import locate
 
     scores_dir = run / "scores"
-    first = plans_in(__import__("tfnas_ray.storage", fromlist=["locate"]).locate(str(scores_dir)))[-1]
+    first = plans_in(locate(str(scores_dir)))[-1]
     old = tables.read_tables("scores", [scores_dir / name for name in first.shards if (scores_dir / name).exists()])
     values = [v * scale + 1.0 if (m == metric and v is not None) else v for m, v in zip(old.column("metric").to_pylist(), old.column("value").to_pylist())]
     new = old.set_column(old.schema.get_field_index("value"), "value", pa.array(values, pa.float64()))
     identity = {**first.identity, "seed": 1}
     time.sleep(0.01)  # a later `created`
     tables.write_table("scores", new, scores_dir / "shard-seed1-0.parquet")
-    write_manifest(__import__("tfnas_ray.storage", fromlist=["locate"]).locate(str(scores_dir)), identity, ["shard-seed1-0.parquet"])
+    write_manifest(locate(str(scores_dir)), identity, ["shard-seed1-0.parquet"])
 
 
 def test_the_report_draws_the_plan_the_reproduce_used_not_a_mix(reproduce_dir, tmp_path):

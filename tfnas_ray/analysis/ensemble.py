@@ -20,6 +20,12 @@ ranks the candidates they have. τ is signed against quality oriented higher-is-
 
 Only metrics with a value on at least `min_coverage` of the architectures take part,
 and only architectures with a value of every such metric (NaN has no rank).
+
+Comparisons are paired over the same held-out folds (`fold_difference`: per-fold τ
+differences, corrected resampled t interval). The best ensemble wins over the best single
+metric only when that interval excludes 0; where trivial baselines take part (metrics
+flagged baseline, else `params`), "best baseline" is cross-validated like the others and
+every outcome is set against it.
 """
 
 from __future__ import annotations
