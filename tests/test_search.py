@@ -68,11 +68,11 @@ def test_rank_candidates_orients_by_direction_and_never_keeps_a_failure():
     ranked = rank_candidates(parse_method("a"), columns, directions, params, keep=5)
     assert ranked.kept.tolist() == [2, 3, 0]  # lowest a first; the NaN is not kept
     assert ranked.score.tolist()[2] == 1.0 and ranked.merit.tolist()[2] == -1.0
-    # Ensemble: ranks of -a over the finite three (0:1, 2:3, 3:2) and of b (0:4, 1:3, 2:2, 3:1);
-    # index 1 has a NaN member, so no ensemble merit.
+    # Ensemble: both members ranked over the rows both scored (0, 2, 3): -a (0:1, 2:3, 3:2)
+    # and b (0:3, 2:2, 3:1); index 1 has a NaN member, so no ensemble merit.
     ensemble = rank_candidates(parse_method("ensemble:a+b"), columns, directions, params, keep=2)
-    assert ensemble.merit[[0, 2, 3]].tolist() == [2.5, 2.5, 1.5] and math.isnan(ensemble.merit[1])
-    assert ensemble.kept.tolist() == [0, 2]  # a tie keeps table order
+    assert ensemble.merit[[0, 2, 3]].tolist() == [2.0, 2.5, 1.5] and math.isnan(ensemble.merit[1])
+    assert ensemble.kept.tolist() == [2, 0]
 
 
 def test_constraints_check_their_bounds_and_the_space():

@@ -122,7 +122,9 @@ def test_table_is_seeded_has_the_schema_and_prints():
     config = SearchEvalConfig(pools=100, pool_sizes=(5,), keeps=(1, 3), seed=7)
     first = evaluate_search(data, ["m"], {"m": "higher-is-better"}, config)
     assert first.equals(evaluate_search(data, ["m"], {"m": "higher-is-better"}, config))
-    assert first.schema.names == tables.SEARCH_EVAL.names
+    from tfnas_ray.analysis.search_eval import EXTRA_COLUMNS
+
+    assert first.schema.names == tables.SEARCH_EVAL.names + list(EXTRA_COLUMNS)
     assert {r["method"] for r in first.to_pylist()} == {"oracle", "m", "random"}
     text = format_search_eval(first)
     assert "pool size P = 5, keep K = 3" in text and "random" in text
@@ -192,3 +194,99 @@ def test_nb_bert_params_as_search_lands_near_the_published_reference(nb_bert_par
     row = _row(whole, "params", 491, 1)
     best_by_params = int(np.argmax(data.columns["params"]))
     assert row["regret"] == pytest.approx(data.quality.max() - data.quality[best_by_params], abs=1e-12)
+
+
+# ---- issue 19: ranking inside each pool, scored counts, paired differences ----------------
+
+
+def test_ensemble_members_are_ranked_on_the_architectures_all_of_them_scored():
+    from tfnas_ray.analysis.ranking import method_merit, parse_method, top_k
+
+    # `a` scored all 10, `b` only rows 0, 1, 2 and 9. On those 4 shared rows a ranks
+    # 1, 2, 3, 4 and b 4, 2, 3, 1: mean ranks 2.5, 2, 3, 2.5, so row 2 is the pick. Ranked
+    # over its own 10 rows, a would give row 9 rank 10 and pick it (5.5).
+    a = np.arange(10.0)
+    b = np.array([4.0, 2.0, 3.0] + [np.nan] * 6 + [1.0])
+    directions = {"a": "higher-is-better", "b": "higher-is-better"}
+    merit = method_merit(parse_method("ensemble:a+b"), {"a": a, "b": b}, directions)
+    np.testing.assert_array_equal(merit, [2.5, 2.0, 3.0] + [np.nan] * 6 + [2.5])
+    assert top_k(merit, 1).tolist() == [2]
+
+
+def _pool_regrets_by_hand(data, name, directions, size, keep, config):
+    """Per pool: `ranking.method_merit` on the pool's own architectures (as `search` ranks
+    its P candidates), the top K by it (failures last, ties by pool order)."""
+    from tfnas_ray.analysis.ranking import method_merit, parse_method
+
+    pools = draw_pools(len(data.arch_ids), size, config.pools, np.random.default_rng(config.seed))
+    regrets = []
+    for pool in pools:
+        merit = method_merit(parse_method(name), {m: c[pool] for m, c in data.columns.items()}, directions)
+        merit = np.where(np.isnan(merit), -np.inf, merit)
+        picks = pool[np.argsort(-merit, kind="stable")[:keep]]
+        regrets.append(data.quality[pool].max() - data.quality[picks].max())
+    return np.asarray(regrets)
+
+
+def test_ensembles_are_ranked_inside_each_pool_as_search_ranks_them():
+    rng = np.random.default_rng(11)
+    quality = rng.normal(size=80)
+    # Skewed members with failures: ranks over the benchmark and over a pool disagree.
+    columns = {"a": np.exp(2 * (quality + rng.normal(size=80))), "b": quality + rng.normal(size=80) ** 3}
+    columns["b"][rng.choice(80, 12, replace=False)] = np.nan
+    data = _aligned(quality, columns)
+    directions = {"a": "higher-is-better", "b": "higher-is-better"}
+    config = SearchEvalConfig(pools=400, pool_sizes=(12,), keeps=(1,), seed=5)
+    table = evaluate_search(data, ["ensemble:a*2+b"], directions, config)
+    by_hand = _pool_regrets_by_hand(data, "ensemble:a*2+b", directions, 12, 1, config)
+    assert _row(table, "ensemble:a*2+b", 12, 1)["regret"] == pytest.approx(by_hand.mean(), abs=1e-12)
+    # The case has power: ranking over the whole benchmark picks differently in some pools.
+    from tfnas_ray.analysis.ranking import method_merit, parse_method
+
+    pools = draw_pools(80, 12, config.pools, np.random.default_rng(config.seed))
+    global_merit = method_merit(parse_method("ensemble:a*2+b"), data.columns, directions)
+    global_regret = pool_outcomes(global_merit, data.quality, pools, [1])[1]["regret"]
+    assert (global_regret != by_hand).mean() > 0.02
+
+
+def test_each_method_says_how_many_architectures_it_could_score():
+    quality = np.arange(20, dtype=float)
+    columns = {"half_failed": np.where(quality < 10, np.nan, -quality), "all": quality, "few": np.where(quality % 4 == 0, quality, np.nan)}
+    directions = {m: "higher-is-better" for m in columns}
+    table = evaluate_search(_aligned(quality, columns), ["half_failed", "all", "ensemble:half_failed+few"], directions, SearchEvalConfig(pools=20, pool_sizes=(20,), keeps=(1,)))
+    scored = {r["method"]: r["scored"] for r in table.to_pylist()}
+    # half_failed: 10..19; few: 0, 4, 8, 12, 16; both: 12 and 16.
+    assert scored == {"oracle": 20, "half_failed": 10, "all": 20, "ensemble:half_failed+few": 2, "random": 20}
+    text = format_search_eval(table)
+    assert "scored" in text.splitlines()[3] and "2.5–97.5% of pools" in text
+
+
+def test_paired_regret_difference_against_the_best_baseline():
+    from scipy import stats
+
+    rng = np.random.default_rng(12)
+    quality = rng.normal(size=60)
+    columns = {"params": quality + rng.normal(size=60), "layers": quality + 2 * rng.normal(size=60), "good": quality + 0.3 * rng.normal(size=60), "noise": rng.normal(size=60)}
+    directions = {m: "higher-is-better" for m in columns}
+    data = _aligned(quality, columns)
+    config = SearchEvalConfig(pools=300, pool_sizes=(20,), keeps=(1, 3), seed=2)
+    table = evaluate_search(data, list(columns), directions, config, baselines=["params", "layers"])
+    pools = draw_pools(60, 20, 300, np.random.default_rng(2))
+    for keep in (1, 3):
+        regret = {m: pool_outcomes(columns[m], data.quality, pools, [keep])[keep]["regret"] for m in columns}
+        best_baseline = min(("params", "layers"), key=lambda m: regret[m].mean())
+        for method in columns:
+            row = _row(table, method, 20, keep)
+            assert row["reference"] == best_baseline
+            assert row["regret_diff"] == pytest.approx((regret[method] - regret[best_baseline]).mean(), abs=1e-12)
+            if method != best_baseline:
+                # Known answer: scipy's paired t-test interval of the mean difference.
+                ci = stats.ttest_rel(regret[method], regret[best_baseline]).confidence_interval(0.95)
+                assert (row["regret_diff_lo"], row["regret_diff_hi"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    text = format_search_eval(table)
+    assert "do not beat the best baseline" in text and "noise" in text.split("do not beat the best baseline")[1].splitlines()[0]
+    # Without flags, `params` is the reference; a named reference must be evaluated.
+    default = evaluate_search(data, ["params", "good"], directions, SearchEvalConfig(pools=50, pool_sizes=(20,), keeps=(1,)))
+    assert {r["reference"] for r in default.to_pylist()} == {"params"}
+    with pytest.raises(TfnasError, match="--reference 'flops' is not one of the evaluated methods: params, good"):
+        evaluate_search(data, ["params", "good"], directions, SearchEvalConfig(pools=5), reference="flops")

@@ -64,3 +64,30 @@ def test_evaluate_search_on_a_benchmark_scores_it_then_reuses_the_scores(ray_clu
     assert (tmp_path / "ptb" / "archs.parquet").exists() and (tmp_path / "ptb" / "search_eval.parquet").exists()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.split("target test_loss")[1] == first.output.split("target test_loss")[1]
+
+
+def test_ensemble_refuses_an_ensemble_to_choose_from_in_one_line_before_work(run_dir):
+    result = CliRunner().invoke(app, ["ensemble", str(run_dir), "-m", "ensemble:params+head_confidence"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --metric 'ensemble:params+head_confidence': the metrics to choose from must be single metrics")
+
+
+def test_ensemble_and_evaluate_search_compare_with_params_as_the_baseline(run_dir):
+    result = CliRunner().invoke(app, ["ensemble", str(run_dir), "--folds", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Δτ vs best baseline" in result.output and "best baseline" in result.output
+    result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--pools", "200", "--pool-size", "20", "--keep", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Δ regret vs params [paired 95% CI]" in result.output
+    assert "do not beat the best baseline params (paired interval not below 0): head_confidence" in result.output
+
+
+def test_evaluate_search_takes_a_reference_and_evaluates_it_too(run_dir, tmp_path):
+    out = tmp_path / "eval.parquet"
+    result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "-m", "params", "--reference", "head_confidence", "--pools", "100", "--pool-size", "20", "--keep", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = tables.read_table("search_eval", out).to_pylist()
+    assert {r["method"] for r in rows} == {"oracle", "params", "head_confidence", "random"}
+    assert {r["reference"] for r in rows} == {"head_confidence"}
+    assert "Δ regret vs head_confidence [paired 95% CI]" in result.output

@@ -480,6 +480,7 @@ def evaluate_search(
     pool_size: Annotated[Optional[list[int]], typer.Option("--pool-size", help="architectures per pool (repeat; default: 100 and the whole benchmark)")] = None,
     keep: Annotated[Optional[list[int]], typer.Option("--keep", help="architectures kept per pool (repeat; default: 1 and 10)")] = None,
     pool_seed: Annotated[int, typer.Option(help="seed of the pools")] = 0,
+    reference: Annotated[Optional[str], typer.Option(help="method every other is compared with, pool by pool (default: the best baseline, e.g. params)")] = None,
     out: Annotated[Optional[str], typer.Option(help="search_eval table to write (default: search_eval.parquet beside the scores)")] = None,
     dir: RunDir = None,
     seed: BenchSeed = 0,
@@ -517,6 +518,7 @@ def evaluate_search(
             address=address,
             progress=progress,
             log=typer.echo,
+            reference=reference,
         )
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")

@@ -469,18 +469,24 @@ def evaluate_search_run(
     address: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    reference: str | None = None,
 ) -> SearchEvalResult:
     """`tfnas evaluate-search`: each method (metric or `ensemble:a+b`; default every
     metric of the run) as a search method over Monte-Carlo pools, against random and the
-    oracle; writes the search_eval table to `out` (default DIR/search_eval.parquet)."""
+    oracle, and against `reference` (default the best baseline; evaluated too if not
+    among the methods); writes the search_eval table to `out` (default DIR/search_eval.parquet)."""
     from tfnas_ray.analysis.aligned import align
     from tfnas_ray.analysis.search_eval import SearchEvalConfig, evaluate_search
 
+    if methods and reference and reference not in methods:
+        methods = [*methods, reference]
     config = dataclasses.replace(config, metrics=_method_members(methods) or config.metrics)
     inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
     methods = methods or inputs.metrics
+    if reference and reference not in methods:
+        methods = [*methods, reference]
     data = align(inputs.scores, inputs.truth, target or inputs.primary_target, metrics=list(_method_members(methods)))
-    table = evaluate_search(data, methods, directions(), search or SearchEvalConfig())
+    table = evaluate_search(data, methods, directions(), search or SearchEvalConfig(), reference=reference)
     path = locate(out) if out is not None else inputs.out.child("search_eval.parquet")
     tables.write_table("search_eval", table, path)
     return SearchEvalResult(table, path, inputs)
@@ -504,8 +510,9 @@ def ensemble_run(
     single metric among `metrics` (default every metric of the run), plus each `fixed`
     method on the same held-out folds. Returns an `analysis.ensemble.EnsembleResult`."""
     from tfnas_ray.analysis.aligned import align
-    from tfnas_ray.analysis.ensemble import EnsembleConfig, cross_validate, evaluate_fixed
+    from tfnas_ray.analysis.ensemble import EnsembleConfig, check_choice_metrics, cross_validate, evaluate_fixed
 
+    check_choice_metrics(metrics)  # before any scoring
     config = dataclasses.replace(config, metrics=_method_members((metrics or []) + (fixed or [])) or config.metrics)
     inputs = evaluation_inputs(source, config, out_dir=out_dir, limit=limit, address=address, progress=progress, log=log)
     chosen_from = metrics or inputs.metrics

@@ -20,6 +20,12 @@ ranks the candidates they have. τ is signed against quality oriented higher-is-
 
 Only metrics with a value on at least `min_coverage` of the architectures take part,
 and only architectures with a value of every such metric (NaN has no rank).
+
+Comparisons are paired over the same held-out folds (`fold_difference`: per-fold τ
+differences, corrected resampled t interval). The best ensemble wins over the best single
+metric only when that interval excludes 0; where trivial baselines take part (metrics
+flagged baseline, else `params`), "best baseline" is cross-validated like the others and
+every outcome is set against it.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ import numpy as np
 from scipy import stats
 
 from tfnas_ray.analysis.aligned import Aligned
-from tfnas_ray.analysis.ranking import Method, ensemble_name, merit, method_merit, parse_method, ranks
-from tfnas_ray.errors import TfnasError
+from tfnas_ray.analysis.ranking import ENSEMBLE_PREFIX, Method, baseline_candidates, ensemble_name, merit, method_merit, parse_method, ranks
+from tfnas_ray.errors import InputError, TfnasError
 from tfnas_ray.metrics import Direction
 
 
@@ -66,6 +72,21 @@ class EnsembleConfig:
             raise TfnasError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
 
 
+def check_choice_metrics(metrics: Sequence[str] | None) -> None:
+    """The metrics an ensemble is chosen from are single metrics; a rank ensemble among
+    them has no column of its own (call before any scoring).
+
+    Raises:
+        InputError: an `ensemble:` name among `metrics`.
+    """
+    for name in metrics or ():
+        if name.startswith(ENSEMBLE_PREFIX):
+            raise InputError(
+                f"--metric {name!r}: the metrics to choose from must be single metrics (the ensembles "
+                f"are built from them); to evaluate this ensemble on the same folds, pass --method {name}"
+            )
+
+
 def candidates(metrics: Sequence[str], *, max_members: int = 3, weights: Sequence[float] = (1.0, 2.0)) -> list[Method]:
     """Every metric alone, then every ensemble of 2..max_members of them with weights
     from the grid, smallest first (so a tie in τ goes to the simpler candidate)."""
@@ -82,22 +103,54 @@ def candidates(metrics: Sequence[str], *, max_members: int = 3, weights: Sequenc
     return out
 
 
-def kendall_tau_b_many(x: np.ndarray, y: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+# Above this many architectures, `kendall_tau_b_many` calls scipy once per row (O(n log n)
+# each, compiled) rather than sweeping pairs (O(n²) per row, vectorised over rows).
+_PAIR_SWEEP_MAX_N = 1000
+# Values held at once by the pair sweep (float64: 32 MiB), whatever n and the row count.
+_SWEEP_VALUES = 1 << 22
+
+
+def kendall_tau_b_many(x: np.ndarray, y: np.ndarray, *, method: str = "auto") -> np.ndarray:
     """Kendall's τ-b of each row of `x` (c, n) against `y` (n,), exactly as
     scipy.stats.kendalltau(row, y, variant="b"): Σ sign(Δx)·sign(Δy) over pairs divided
-    by √(pairs untied in x · pairs untied in y). NaN where a side is constant."""
+    by √(pairs untied in x · pairs untied in y). NaN where a side is constant.
+
+    Exact for any n: pair counts are accumulated in int64 (each partial sum is an
+    integer of at most n in float64, exact below 2⁵³). Memory is bounded by
+    `_SWEEP_VALUES` values, not by the n²/2 pairs.
+
+    Args:
+        method: "sweep" (for each i, the pairs (i, j > i) of a block of rows at once:
+            O(c·n²) work, fast for small n), "scipy" (one scipy call per row: O(c·n log n)),
+            or "auto" (sweep up to `_PAIR_SWEEP_MAX_N` architectures, scipy above).
+    """
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64)
-    i, j = np.triu_indices(y.size, k=1)
-    sy = np.sign(y[j] - y[i]).astype(np.float32)
-    untied_y = np.count_nonzero(sy)
+    n = y.size
+    if method not in ("auto", "sweep", "scipy"):
+        raise ValueError(f"method {method!r}: allowed auto, sweep, scipy")
+    if x.shape[1] != n:
+        raise ValueError(f"x has {x.shape[1]} columns, y has {n} values")
+    if method == "scipy" or (method == "auto" and n > _PAIR_SWEEP_MAX_N):
+        out = np.array([stats.kendalltau(row, y, variant="b").statistic for row in x], dtype=np.float64)
+        out[~np.isfinite(out)] = math.nan
+        return out
+    untied_y = 0
     out = np.empty(x.shape[0])
-    for start in range(0, x.shape[0], chunk):
-        sx = np.sign(x[start : start + chunk, j] - x[start : start + chunk, i]).astype(np.float32)
-        concordance = sx @ sy  # integer-valued, exact in float32 below 2^24 pairs
-        untied_x = np.count_nonzero(sx, axis=1)
+    rows_at_once = max(1, _SWEEP_VALUES // max(n, 1))
+    for start in range(0, x.shape[0], rows_at_once):
+        block = x[start : start + rows_at_once]
+        concordance = np.zeros(block.shape[0], dtype=np.int64)
+        untied_x = np.zeros(block.shape[0], dtype=np.int64)
+        untied_y = 0
+        for i in range(n - 1):
+            sy = np.sign(y[i + 1 :] - y[i])  # (n − i − 1,)
+            sx = np.sign(block[:, i + 1 :] - block[:, i : i + 1])  # (rows, n − i − 1)
+            concordance += np.rint(sx @ sy).astype(np.int64)
+            untied_x += np.count_nonzero(sx, axis=1)
+            untied_y += int(np.count_nonzero(sy))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start : start + chunk] = concordance / np.sqrt(untied_x.astype(np.float64) * untied_y)
+            out[start : start + rows_at_once] = concordance / np.sqrt(untied_x.astype(np.float64) * float(untied_y))
     out[~np.isfinite(out)] = math.nan
     return out
 
@@ -167,6 +220,8 @@ class EnsembleResult:
     folds: list[np.ndarray] = field(default_factory=list)  # held-out indices into the aligned arrays
     kept: np.ndarray | None = None  # indices into Aligned of the architectures taking part
     outcomes: list[CvOutcome] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)  # baseline metrics taking part
+    reference: CvOutcome | None = None  # "best baseline", chosen on the training folds like the others
 
 
 def _held_out(method: Method, data: Aligned, rows: np.ndarray, directions) -> tuple[float, float]:
@@ -184,9 +239,18 @@ def cross_validate(
     config: EnsembleConfig = EnsembleConfig(),
     *,
     fixed: Sequence[str] = (),
+    baselines: Sequence[str] | None = None,
 ) -> EnsembleResult:
     """Cross-validate "choose the best ensemble" and "choose the best single metric" (and
     evaluate each `fixed` method, which involves no choice, on the same held-out folds).
+
+    Where baseline metrics take part, "choose the best baseline" is cross-validated the
+    same way (chosen among the baselines on the training folds) and every outcome is
+    compared with it fold by fold (`fold_difference`).
+
+    Args:
+        baselines: the trivial baselines (default `ranking.baseline_candidates`: metrics
+            flagged baseline in the registry, else `params`); those taking part are used.
 
     Raises:
         TfnasError: fewer than 2 usable metrics, or fewer architectures than 3 per fold.
@@ -210,8 +274,11 @@ def cross_validate(
     # then a comparison of two out-of-fold figures.
     ensembles = ~scorer.singles if (~scorer.singles).any() else np.ones(len(methods), dtype=bool)
 
-    def choose(rows: np.ndarray, singles_only: bool) -> Method:
-        allowed = scorer.singles if singles_only else ensembles
+    found = baseline_candidates(metrics) if baselines is None else list(baselines)
+    baseline_rows = np.array([m.name in found and not m.is_ensemble for m in methods])
+
+    def choose(rows: np.ndarray, singles_only: bool | None) -> Method:
+        allowed = baseline_rows if singles_only is None else scorer.singles if singles_only else ensembles
         taus = kendall_tau_b_many(scorer.merits(rows)[allowed], data.quality[rows])
         taus = np.where(np.isnan(taus), -np.inf, taus)
         return [m for m, a in zip(methods, allowed) if a][int(np.argmax(taus))]  # first of the best: simplest
@@ -219,7 +286,10 @@ def cross_validate(
     outcomes = []
     size = min(config.max_members, len(metrics))
     ensemble_label = f"best ensemble (2..{size} metrics)" if size >= 2 else "best ensemble (one metric only)"
-    for name, singles_only in ((ensemble_label, False), ("best single metric", True)):
+    procedures = [(ensemble_label, False), ("best single metric", True)]
+    if baseline_rows.any():
+        procedures.append(("best baseline", None))
+    for name, singles_only in procedures:
         chosen, taus, rhos = [], [], []
         for f, test in enumerate(folds):
             train = np.sort(np.concatenate([g for h, g in enumerate(folds) if h != f]))
@@ -229,9 +299,11 @@ def cross_validate(
             taus.append(tau)
             rhos.append(rho)
         outcomes.append(CvOutcome(name, chosen, taus, rhos, final=choose(kept, singles_only).name))
+    reference = outcomes.pop() if baseline_rows.any() else None
     outcomes += evaluate_fixed(data, directions, folds, fixed)
     return EnsembleResult(
-        target=data.target, n=int(kept.size), metrics=metrics, dropped=dropped, candidates=len(methods), folds=folds, kept=kept, outcomes=outcomes
+        target=data.target, n=int(kept.size), metrics=metrics, dropped=dropped, candidates=len(methods), folds=folds, kept=kept,
+        outcomes=outcomes, baselines=[m.name for m, b in zip(methods, baseline_rows) if b], reference=reference,
     )
 
 
@@ -247,27 +319,90 @@ def evaluate_fixed(data: Aligned, directions: Mapping[str, Direction | str], fol
     return outcomes
 
 
+@dataclass(frozen=True)
+class FoldDifference:
+    """Per-fold τ differences of two outcomes on the same held-out folds, and a paired
+    interval of their mean.
+
+    The interval is the corrected resampled t of Nadeau & Bengio (2003, Machine Learning
+    52:239): the folds' training sets overlap, so their differences are correlated and the
+    plain paired t (sd/√k) is too narrow; the variance of the mean is taken as
+    sd²·(1/k + n_test/n_train), with k − 1 degrees of freedom.
+    """
+
+    diffs: tuple[float, ...]
+    mean: float
+    lo: float
+    hi: float
+
+    @property
+    def positive(self) -> bool:
+        """The first outcome's τ is higher: the whole interval lies above 0."""
+        return self.lo > 0
+
+    @property
+    def negative(self) -> bool:
+        return self.hi < 0
+
+
+def fold_difference(a: CvOutcome, b: CvOutcome, folds: Sequence[np.ndarray], confidence: float = 0.95) -> FoldDifference:
+    """τ of `a` minus τ of `b`, fold by fold, with the corrected paired t interval."""
+    diffs = np.asarray(a.tau, dtype=np.float64) - np.asarray(b.tau, dtype=np.float64)
+    k = diffs.size
+    mean = float(diffs.mean())
+    n_test = float(np.mean([f.size for f in folds]))
+    n_train = float(sum(f.size for f in folds)) - n_test
+    if k < 2 or not np.isfinite(diffs).all():
+        return FoldDifference(tuple(diffs.tolist()), mean, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + confidence / 2, k - 1) * diffs.std(ddof=1) * math.sqrt(1 / k + n_test / n_train))
+    return FoldDifference(tuple(diffs.tolist()), mean, mean - half, mean + half)
+
+
 def format_ensemble(result: EnsembleResult) -> str:
     k = len(result.folds)
+    reference = result.reference
     lines = [
         f"target {result.target}: {result.n} architectures, {len(result.metrics)} metrics, {result.candidates} candidates, "
         f"{k}-fold cross-validation; every τ and ρ below is out-of-fold (mean over the {k} held-out folds, ± sd)",
     ]
     if result.dropped:
         lines.append("left out (values on too few architectures): " + ", ".join(f"{m} ({c:.0%})" for m, c in result.dropped.items()))
-    header = f"{'procedure / method':40s} {'τ out-of-fold':>18s} {'ρ out-of-fold':>18s}  picked on all architectures"
+    if reference is not None:
+        lines.append(
+            f"baselines: {', '.join(result.baselines)}; Δτ: per-fold τ minus the best baseline's (chosen among them on the "
+            "training folds), mean [95% corrected paired t interval, Nadeau & Bengio 2003]"
+        )
+    rows = result.outcomes + ([reference] if reference is not None else [])
+    header = f"{'procedure / method':40s} {'τ out-of-fold':>18s} {'ρ out-of-fold':>18s}  " + (f"{'Δτ vs best baseline':>28s}  " if reference else "") + "picked on all architectures"
     lines += [header, "-" * len(header)]
-    for o in result.outcomes:
+    behind = []
+    for o in rows:
         tau_sd, rho_sd = float(np.std(o.tau, ddof=1)), float(np.std(o.rho, ddof=1))
-        lines.append(f"{o.name:40s} {o.tau_mean:+8.3f} ± {tau_sd:6.3f}  {o.rho_mean:+8.3f} ± {rho_sd:6.3f}  {o.final}")
+        vs = ""
+        if reference is not None:
+            if o is reference:
+                vs = f"{'(the reference)':>28s}  "
+            else:
+                d = fold_difference(o, reference, result.folds)
+                vs = f"{d.mean:+8.3f} [{d.lo:+7.3f}, {d.hi:+7.3f}]{'':3s}  "
+                if not d.positive:
+                    behind.append(o.name)
+        lines.append(f"{o.name:40s} {o.tau_mean:+8.3f} ± {tau_sd:6.3f}  {o.rho_mean:+8.3f} ± {rho_sd:6.3f}  {vs}{o.final}")
     lines.append("")
     lines.append("chosen per fold (on the other folds):")
-    for o in result.outcomes[:2]:
+    for o in result.outcomes[:2] + ([reference] if reference is not None else []):
         lines.append(f"  {o.name}: " + "; ".join(f"{c} (τ {t:+.3f})" for c, t in zip(o.chosen, o.tau)))
     ensemble, single = result.outcomes[:2]
-    if ensemble.tau_mean == single.tau_mean:
-        lines.append(f"no winner: both procedures have out-of-fold τ {single.tau_mean:+.3f}")
+    d = fold_difference(ensemble, single, result.folds)
+    interval = f"Δτ {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}], corrected paired t over the {k} folds"
+    if d.positive or d.negative:
+        best, other = (ensemble, single) if d.positive else (single, ensemble)
+        lines.append(f"winner, out-of-fold τ: {best.name} ({best.tau_mean:+.3f} vs {other.tau_mean:+.3f}; {interval})")
     else:
-        best = max((ensemble, single), key=lambda o: o.tau_mean)
-        lines.append(f"winner, out-of-fold τ: {best.name} ({best.tau_mean:+.3f} vs {min(ensemble.tau_mean, single.tau_mean):+.3f})")
+        lines.append(f"no clear winner between {ensemble.name} ({ensemble.tau_mean:+.3f}) and {single.name} ({single.tau_mean:+.3f}): {interval} includes 0")
+    if reference is not None:
+        if behind:
+            lines.append(f"do not beat the best baseline ({reference.final} on all architectures; Δτ interval not above 0): {', '.join(behind)}")
+        else:
+            lines.append("every procedure and method beats the best baseline (Δτ interval above 0)")
     return "\n".join(lines)

@@ -104,7 +104,10 @@ def method_merit(
     """Merit of each architecture under `method` (higher = predicted better).
 
     A single metric's merit is its oriented value; an ensemble's is the weighted mean of
-    its members' ranks, NaN where any member is NaN.
+    its members' ranks, NaN where any member is NaN. The members are ranked over the
+    architectures every member scored (as `correlate` aligns them): ranking each member over
+    its own scored architectures would give a member with fewer failures a wider range of
+    ranks, hence more weight, than its declared weight.
 
     Args:
         columns: metric -> values, aligned over the same architectures.
@@ -120,7 +123,10 @@ def method_merit(
             raise TfnasError(f"method {method.name!r}: metric {member!r} has no declared direction")
     if not method.is_ensemble:
         return merit(columns[method.members[0]], directions[method.members[0]])
-    stacked = np.stack([ranks(merit(columns[m], directions[m])) for m in method.members])
+    oriented = np.stack([merit(columns[m], directions[m]) for m in method.members])
+    shared = np.isfinite(oriented).all(axis=0)
+    oriented[:, ~shared] = math.nan
+    stacked = np.stack([ranks(v) for v in oriented])
     weights = np.asarray(method.weights)[:, None]
     return (stacked * weights).sum(axis=0) / weights.sum()
 
@@ -131,3 +137,40 @@ def top_k(merits: np.ndarray, k: int) -> np.ndarray:
     finite = np.flatnonzero(np.isfinite(merits))
     order = finite[np.argsort(-merits[finite], kind="stable")]
     return order[:k]
+
+
+def baseline_candidates(names: Sequence[str]) -> list[str]:
+    """The trivial baselines among the single metrics `names`: those whose registry entry
+    is flagged `baseline=True` (read from the architecture alone, direction declared a
+    priori); where none is flagged, `params` when present (the one baseline every space has).
+    """
+    from tfnas_ray.metrics import load_metrics  # the registry imports torch: only when asked
+
+    registry = load_metrics()
+    singles = [n for n in names if not n.startswith(ENSEMBLE_PREFIX)]
+    flagged = [n for n in singles if n in registry and getattr(registry.get(n), "baseline", False)]
+    if flagged:
+        return flagged
+    return ["params"] if "params" in singles else []
+
+
+def rank_within_pools(method: Method, columns: Mapping[str, np.ndarray], directions: Mapping[str, Direction | str], pools: np.ndarray) -> np.ndarray:
+    """(R, P) merit of `method` inside each pool of `pools` (R, P indices), as a search that
+    drew that pool ranks it: a single metric by its oriented value, an ensemble by the
+    weighted mean of its members' ranks among the pool's architectures every member scored
+    (`method_merit` applied to each pool). NaN where a member failed.
+    """
+    merit_all = method_merit(method, columns, directions)  # checks members; NaN pattern
+    if not method.is_ensemble:
+        return merit_all[pools]
+    failed = ~np.isfinite(merit_all[pools])  # (R, P): some member failed
+    total = np.zeros(pools.shape)
+    for member, weight in zip(method.members, method.weights):
+        values = merit(columns[member], directions[member])[pools]
+        # Failed entries ranked below all others take ranks 1..f of their pool, so the
+        # rest hold their ranks among themselves plus f; f is subtracted below.
+        values = np.where(failed, -np.inf, values)
+        total += weight * stats.rankdata(values, method="average", axis=1)
+    out = total / sum(method.weights) - failed.sum(axis=1, keepdims=True)
+    out[failed] = math.nan
+    return out

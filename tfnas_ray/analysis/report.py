@@ -9,7 +9,12 @@
 - search (candidates.parquet, chosen.parquet, pareto.parquet): per method the Pareto
   front of score vs parameter count, the kept architectures marked.
 - evaluate-search (search_eval.parquet): per keep K, regret against pool size for every
-  method, random and the oracle, with 95% intervals.
+  method, random and the oracle, with the 2.5–97.5% spread of regret over pools; where
+  the table compares methods with the best baseline, which ones do not beat it.
+
+Scores come from the one scoring plan the run used (`_plan_scores`), never a mix of the
+plans a directory of shards may hold. Where the correlations table sets metrics against
+the best trivial baseline, the τ chart and the text say which metrics do not beat it.
 - train (truth.parquet with learning curves; a search's train/): the learning curves.
 
 It writes DIR/figures/NAME.png and DIR/report.html, the same figures embedded as base64
@@ -90,13 +95,24 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _spread_scale(axes, axis: str, values: np.ndarray) -> None:
-    """A symmetric-log axis where values span orders of magnitude (hidden covariance
-    runs from -2e3 to -1e7 on one space); linear otherwise."""
+def _spread_scale(axes, axis: str, values: np.ndarray) -> bool:
+    """A symmetric-log axis where values span orders of magnitude (hidden covariance runs
+    from -5e3 to -2e7 on the published PTB cells: on a linear axis most points sit in one
+    column at zero); linear otherwise. Returns True where the axis is symmetric-log.
+
+    Spread: the 5th and 95th percentiles of the nonzero |values| differ by a factor of
+    100 or more, or the largest is over 100 times the median. The linear band around 0
+    reaches the 5th percentile, so only the smallest values are drawn linearly.
+    """
     values = np.abs(np.asarray(values, dtype=float))
     values = values[np.isfinite(values) & (values > 0)]
-    if values.size >= 2 and values.max() > 100 * np.median(values):
-        getattr(axes, f"set_{axis}scale")("symlog", linthresh=float(np.min(values)))
+    if values.size < 2:
+        return False
+    low, high = np.quantile(values, [0.05, 0.95])
+    if high >= 100 * low or values.max() > 100 * np.median(values):
+        getattr(axes, f"set_{axis}scale")("symlog", linthresh=float(low))
+        return True
+    return False
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -113,8 +129,8 @@ def scatter_figure(metric: str, target: str, x: np.ndarray, y: np.ndarray, corre
     figure, axes = _figure()
     finite = np.isfinite(x) & np.isfinite(y)
     axes.scatter(x[finite], y[finite], s=12, alpha=0.6, edgecolors="none")
-    _spread_scale(axes, "x", x[finite])
-    axes.set_xlabel(metric)
+    symlog = _spread_scale(axes, "x", x[finite])
+    axes.set_xlabel(f"{metric} (symmetric-log axis)" if symlog else metric)
     axes.set_ylabel(target)
     tau = _interval(correlation.get("kendall_tau"), correlation.get("kendall_lo"), correlation.get("kendall_hi"))
     axes.set_title(f"{metric} vs {target}: τ {tau}, n = {int(finite.sum())}")
@@ -123,22 +139,47 @@ def scatter_figure(metric: str, target: str, x: np.ndarray, y: np.ndarray, corre
 
 
 def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
-    """Kendall τ of every metric against `target`, with the 95% interval as error bars."""
+    """Kendall τ of every metric against `target`, with the 95% interval as error bars.
+
+    Where the correlations table compares each metric with the best trivial baseline
+    (columns `is_baseline`, `baseline`, `verdict`), baselines are drawn grey, metrics
+    that beat it blue, the others hatched orange, and the best baseline's τ as a line.
+    """
     rows = sorted(rows, key=lambda r: r["kendall_tau"] if r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"]) else -2)
-    names = [r["metric"] for r in rows]
+    names = [r["metric"] + (" (baseline)" if r.get("is_baseline") else "") for r in rows]
     tau = np.array([r["kendall_tau"] if r["kendall_tau"] is not None else math.nan for r in rows], dtype=float)
     lo = np.array([r["kendall_lo"] if r["kendall_lo"] is not None else math.nan for r in rows], dtype=float)
     hi = np.array([r["kendall_hi"] if r["kendall_hi"] is not None else math.nan for r in rows], dtype=float)
     errors = np.nan_to_num(np.vstack([tau - lo, hi - tau]), nan=0.0)
     figure, axes = _figure((6.4, max(2.4, 0.35 * len(rows) + 1.2)))
     positions = np.arange(len(rows))
-    axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color="tab:blue")
+    best_baseline = next((r.get("baseline") for r in rows if r.get("baseline")), None)
+    if best_baseline is None:
+        axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color="tab:blue")
+    else:
+        kinds = ["baseline" if r.get("is_baseline") else "beats" if r.get("verdict") == "beats" else "not" for r in rows]
+        styles = {
+            "beats": dict(color="tab:blue", label=f"beats {best_baseline} (paired interval above 0)"),
+            "not": dict(color="tab:orange", hatch="//", label=f"does not beat {best_baseline}"),
+            "baseline": dict(color="0.6", label="trivial baseline"),
+        }
+        for kind, style in styles.items():
+            chosen = [i for i, k in enumerate(kinds) if k == kind]
+            if chosen:
+                axes.barh(positions[chosen], np.nan_to_num(tau[chosen]), xerr=errors[:, chosen], capsize=3, **style)
+        reference = next((r for r in rows if r["metric"] == best_baseline), None)
+        if reference is not None and reference["kendall_tau"] is not None and math.isfinite(reference["kendall_tau"]):
+            axes.axvline(reference["kendall_tau"], color="0.3", linestyle="--", linewidth=1, label=f"best baseline: {best_baseline}")
+        axes.legend(loc="best", fontsize="x-small")
     axes.set_yticks(positions, names)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_xlabel(f"Kendall τ against {target} (95% interval)")
     axes.set_ylabel("metric")
     axes.set_title(f"Kendall τ against {target}")
-    return ReportFigure(f"tau-{_safe(target)}", f"τ across metrics ({target})", figure, "Signed τ: positive means the metric ranks architectures as the target does (its declared direction applied).")
+    caption = "Signed τ: positive means the metric ranks architectures as the target does (its declared direction applied)."
+    if best_baseline is not None:
+        caption += f" Each metric is set against the best trivial baseline ({best_baseline}) by a paired bootstrap of the τ difference on the same architectures."
+    return ReportFigure(f"tau-{_safe(target)}", f"τ across metrics ({target})", figure, caption)
 
 
 def pareto_figure(method: str, params: np.ndarray, score: np.ndarray, front: Sequence[int], kept: Sequence[int], *, ensemble: bool) -> ReportFigure:
@@ -162,12 +203,28 @@ def pareto_figure(method: str, params: np.ndarray, score: np.ndarray, front: Seq
     return ReportFigure(f"pareto-{_safe(method)}", f"Pareto front: {method}", figure, "No architecture on the front is beaten on both the score and the parameter count.")
 
 
+def not_beating(rows: Sequence[dict]) -> dict[str, list[int]]:
+    """method -> the pool sizes at which its paired regret interval against the
+    reference (the best baseline) does not lie below 0: it does not beat the baseline."""
+    from tfnas_ray.analysis.search_eval import beats_reference
+
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        if r["method"] not in BASELINES and r.get("reference") not in (None, r["method"]) and beats_reference(r) is False:
+            out.setdefault(r["method"], []).append(r["pool_size"])
+    return out
+
+
 def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
-    """Regret against pool size for every method, random and the oracle (95% intervals)."""
+    """Regret against pool size for every method, random and the oracle (2.5–97.5% of
+    pools). Methods that do not beat the best baseline are drawn dotted and say so in the
+    legend; the baseline itself is drawn thick."""
     figure, axes = _figure()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
     target = rows[0].get("target") or "target"
+    references = {r.get("reference") for r in rows} - {None}
+    behind = not_beating(rows)
     # One distinct colour and marker per method (the default cycle repeats after 10), and
     # bands only where they stay readable: always for random, for the metrics when few.
     palette = matplotlib.colormaps["tab20"].colors
@@ -180,12 +237,19 @@ def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
         y = np.array([r["regret"] for r in own], dtype=float)
         lo = np.array([r["regret_lo"] if r["regret_lo"] is not None else math.nan for r in own], dtype=float)
         hi = np.array([r["regret_hi"] if r["regret_hi"] is not None else math.nan for r in own], dtype=float)
+        label = method
         if method in BASELINES:
             style = {"random": dict(color="black", linestyle="--", marker="o"), "oracle": dict(color="0.5", linestyle=":", marker="o")}[method]
         else:
             i = metrics.index(method)
             style = dict(color=palette[(2 * i) % 20 + (2 * i) // 20 % 2], marker=markers[i % len(markers)])
-        (line,) = axes.plot(x, y, markersize=4, label=method, **style)
+            if method in references:
+                style.update(linewidth=3)
+                label = f"{method} (best baseline)"
+            elif method in behind:
+                style.update(linestyle=":", alpha=0.7)
+                label = f"{method} (does not beat the baseline)"
+        (line,) = axes.plot(x, y, markersize=4, label=label, **style)
         if np.isfinite(lo).any() and (bands or method == "random"):
             axes.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     pools = sorted({r["pool_size"] for r in rows})
@@ -196,7 +260,13 @@ def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
     axes.set_title(f"Regret of the top-{keep} pick against pool size")
     axes.legend(loc="best", fontsize="x-small", ncol=2 if len(methods) > 8 else 1)
     axes.grid(alpha=0.3)
-    return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, "Mean over random pools; shaded: 95% of pools (for every method when at most four, else for random). Lower is better; the oracle is 0 by definition.")
+    caption = (
+        "Mean over random pools; shaded: 2.5–97.5% of pools, the spread of one search's outcome, not an interval of the mean "
+        "(for every method when at most four, else for random). Lower is better; the oracle is 0 by definition."
+    )
+    if references:
+        caption += " Dotted: no better than the best baseline (paired 95% interval of the per-pool regret difference not below 0)."
+    return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, caption)
 
 
 def curves_figure(truth: pa.Table) -> ReportFigure | None:
@@ -261,6 +331,53 @@ def _read(kind: str | None, where: Location) -> pa.Table | None:
         raise TfnasError(f"{where.url} is not a readable Parquet file: {err}".splitlines()[0]) from None
 
 
+def _plan_scores(scores_dir: Location, agrees: Callable[[pa.Table], bool]) -> tuple[pa.Table, str]:
+    """The scores of the plan a run used, and a note when that needed a choice.
+
+    A directory of shards may hold several plans (a second seed, a metric version bump):
+    mixing them would draw points that disagree with the run's own tables. The plan used
+    is the one whose scores reproduce those tables (`agrees`), tried newest first (the
+    newest with its stability study, then each plan alone); failing that, the newest,
+    saying so. A directory without manifests is read whole.
+    """
+    from tfnas_ray.plans import plans_in, read_scores
+
+    plans = plans_in(scores_dir)
+    if len(plans) <= 1:
+        return read_scores(scores_dir, log=lambda _: None), ""
+    newest = read_scores(scores_dir, log=lambda _: None)
+    if agrees(newest):
+        return newest, f"Scores of the newest plan {plans[-1].plan_id} of {len(plans)} in scores/ (it reproduces the run's tables)."
+    for plan in reversed(plans):
+        try:
+            table = read_scores(scores_dir, plan=plan.plan_id, log=lambda _: None)
+        except TfnasError:  # none of its shards there
+            continue
+        if agrees(table):
+            return table, f"Scores of plan {plan.plan_id}, the one that reproduces the run's tables, of {len(plans)} in scores/."
+    return newest, f"No plan of the {len(plans)} in scores/ reproduces the run's tables; the figures use the newest, {plans[-1].plan_id}."
+
+
+def _agrees_with_correlations(truth_rows: Sequence[dict], rows: Sequence[dict], target: str) -> Callable[[pa.Table], bool]:
+    """Does a scores table give the Kendall τ the correlations table holds (the single
+    metrics of `target`, on the truth rows where both have a value)?"""
+    from scipy import stats
+
+    singles = [r for r in rows if r["target"] == target and not r["metric"].startswith("ensemble:") and r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"])]
+    y = np.array([r["value"] if r["value"] is not None else math.nan for r in truth_rows], dtype=float)
+
+    def agrees(scores: pa.Table) -> bool:
+        columns = metric_columns(scores, [r["arch_id"] for r in truth_rows], [r["metric"] for r in singles])
+        for r in singles:
+            x = columns[r["metric"]]
+            both = np.isfinite(x) & np.isfinite(y)
+            if both.sum() < 2 or abs(stats.kendalltau(x[both], y[both], variant="b").statistic - r["kendall_tau"]) > 1e-9:
+                return False
+        return True
+
+    return agrees
+
+
 def _correlation_sections(out: Location) -> list[Section]:
     correlations = _read("correlations", out.child("correlations.parquet"))
     truth = _read("truth", out.child("truth.parquet"))
@@ -269,25 +386,59 @@ def _correlation_sections(out: Location) -> list[Section]:
     rows = correlations.to_pylist()
     target = rows[0]["target"]  # the pipeline writes the primary target first
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    scores = tables.read_table("scores", out.child("scores"))
     truth_rows = [r for r in truth.to_pylist() if r["target"] == target]
-    columns = metric_columns(scores, [r["arch_id"] for r in truth_rows], metrics)
+    scores, note = _plan_scores(out.child("scores"), _agrees_with_correlations(truth_rows, rows, target))
+    columns = _method_columns(scores, [r["arch_id"] for r in truth_rows], metrics)
     y = np.array([r["value"] if r["value"] is not None else math.nan for r in truth_rows], dtype=float)
     by_pair = {(r["metric"], r["target"]): r for r in rows}
     figures = [tau_bar_figure([r for r in rows if r["target"] == target], target)]
     figures += [scatter_figure(m, target, columns[m], y, by_pair[(m, target)]) for m in metrics]
+    compared = any(r.get("verdict") is not None or r.get("is_baseline") for r in rows)
+    header = ["metric", "target", "n", "Kendall τ [95%]", "Spearman ρ [95%]", "Pearson r"]
+    if compared:
+        header += ["τ − best baseline's [paired 95%]", "against the best baseline"]
     table = _html_table(
-        ["metric", "target", "n", "Kendall τ [95%]", "Spearman ρ [95%]", "Pearson r"],
+        header,
         [
             [r["metric"], r["target"], r["n"], _interval(r["kendall_tau"], r["kendall_lo"], r["kendall_hi"]), _interval(r["spearman_rho"], r["spearman_lo"], r["spearman_hi"]), _fmt(r["pearson_r"], "+.3f")]
+            + ([("(baseline)" if r.get("is_baseline") else "") + (f" {r['baseline']}: " if r.get("baseline") else "") + _interval(r.get("tau_minus_baseline"), r.get("diff_lo"), r.get("diff_hi")), r.get("verdict") or "–"] if compared else [])
             for r in rows
         ],
     )
-    sections = [Section("Metrics against the truth", figures, table)]
+    sentences = [note] if note else []
+    if compared:
+        for t in dict.fromkeys(r["target"] for r in rows):
+            mine = [r for r in rows if r["target"] == t and not r.get("is_baseline")]
+            behind = [r["metric"] for r in mine if r.get("verdict") != "beats"]
+            baseline = next((r["baseline"] for r in rows if r["target"] == t and r.get("baseline")), None)
+            if baseline is None:
+                continue
+            if behind:
+                sentences.append(f"{t}: do not beat the best baseline {baseline} (paired bootstrap interval of the τ difference not above 0): {', '.join(behind)}.")
+            elif mine:
+                sentences.append(f"{t}: every metric beats the best baseline {baseline}.")
+    sections = [Section("Metrics against the truth", figures, table, text=" ".join(sentences))]
     archs = _read("archs", out.child("archs.parquet"))
     if archs is not None and archs.num_rows and archs.column("space")[0].as_py() == "nb-bert" and "glue" in set(truth.column("target").to_pylist()):
         sections.append(_space_section(scores))
     return sections
+
+
+def _method_columns(scores: pa.Table, arch_ids: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per metric its mean values; per rank ensemble its merit (mean rank of its members
+    on the architectures all of them scored), aligned with `arch_ids`."""
+    from tfnas_ray.analysis.ranking import ENSEMBLE_PREFIX, method_merit, parse_method
+    from tfnas_ray.pipeline import directions
+
+    singles = [n for n in names if not n.startswith(ENSEMBLE_PREFIX)]
+    members = list(dict.fromkeys(m for n in names if n.startswith(ENSEMBLE_PREFIX) for m in parse_method(n).members))
+    columns = metric_columns(scores, arch_ids, list(dict.fromkeys(singles + members)))
+    out = {n: columns[n] for n in singles}
+    for n in names:
+        if n.startswith(ENSEMBLE_PREFIX):
+            method = parse_method(n)
+            out[n] = method_merit(method, {m: columns[m] for m in method.members}, directions())
+    return out
 
 
 def _space_section(scores: pa.Table) -> Section:
@@ -316,8 +467,16 @@ def _search_sections(out: Location) -> list[Section]:
     ids = candidates.column("arch_id").to_pylist()
     index = {a: i for i, a in enumerate(ids)}
     params = np.asarray(candidates.column("params").to_pylist(), dtype=float)
-    scores = tables.read_table("scores", out.child("scores"))
     chosen_rows, pareto_rows = chosen.to_pylist(), pareto.to_pylist()
+
+    def agrees(table: pa.Table) -> bool:  # the scores `search` ranked by give chosen.parquet's
+        columns = _method_columns(table, ids, list(dict.fromkeys(r["method"] for r in chosen_rows)))
+        return all(
+            r["score"] is None or math.isclose(columns[r["method"]][index[r["arch_id"]]], r["score"], rel_tol=1e-9, abs_tol=1e-12)
+            for r in chosen_rows
+        )
+
+    scores, note = _plan_scores(out.child("scores"), agrees)
     figures = []
     for method_name in dict.fromkeys(r["method"] for r in chosen_rows + pareto_rows):
         method = parse_method(method_name)
@@ -338,7 +497,7 @@ def _search_sections(out: Location) -> list[Section]:
             for r in chosen_rows
         ],
     )
-    sections = [Section(f"Search: the kept architectures of {len(ids)} candidates", figures, table)]
+    sections = [Section(f"Search: the kept architectures of {len(ids)} candidates", figures, table, text=note)]
     train_truth = _read("truth", out.child("train").child("truth.parquet"))
     if train_truth is not None and (curves := curves_figure(train_truth)) is not None:
         sections.append(Section("Training the best", [curves]))
@@ -350,15 +509,45 @@ def _regret_sections(out: Location) -> list[Section]:
     if evaluation is None:
         return []
     rows = evaluation.to_pylist()
-    figures = [regret_figure([r for r in rows if r["keep"] == k], k) for k in sorted({r["keep"] for r in rows})]
+    keeps = sorted({r["keep"] for r in rows})
+    figures = [regret_figure([r for r in rows if r["keep"] == k], k) for k in keeps]
+    compared = any(r.get("reference") for r in rows)
+
+    def versus(r: dict) -> list[str]:
+        if not compared:
+            return []
+        if r.get("reference") in (None, r["method"]) or r.get("regret_diff") is None:
+            return ["–", "(reference)" if r.get("reference") == r["method"] else "–"]
+        from tfnas_ray.analysis.search_eval import beats_reference
+
+        verdict = {True: "yes", False: "no", None: "–"}[beats_reference(r)]
+        return [f"{r['reference']}: {_interval(r['regret_diff'], r['regret_diff_lo'], r['regret_diff_hi'])}", verdict]
+
     table = _html_table(
-        ["method", "pool size", "keep", "regret [95%]", "percentile", "top-10% overlap", "target"],
+        ["method", "pool size", "keep", "scored", "regret, mean [2.5–97.5% of pools]", "percentile", "top-10% overlap", "target"]
+        + (["Δ regret vs best baseline [paired 95% CI]", "beats the baseline"] if compared else []),
         [
-            [r["method"], r["pool_size"], r["keep"], f"{_fmt(r['regret'], '.3f')} [{_fmt(r['regret_lo'], '.3f')}, {_fmt(r['regret_hi'], '.3f')}]", _fmt(r["percentile"], ".1f"), _fmt(r["top10_overlap"], ".3f"), r["target"]]
+            [r["method"], r["pool_size"], r["keep"], "–" if r.get("scored") is None else r["scored"],
+             f"{_fmt(r['regret'], '.3f')} [{_fmt(r['regret_lo'], '.3f')}, {_fmt(r['regret_hi'], '.3f')}]",
+             _fmt(r["percentile"], ".1f"), _fmt(r["top10_overlap"], ".3f"), r["target"]] + versus(r)
             for r in rows
         ],
     )
-    return [Section("Search evaluation: regret of the pick", figures, table)]
+    text = ""
+    if compared:
+        sentences = []
+        for k in keeps:
+            behind = not_beating([r for r in rows if r["keep"] == k])
+            references = sorted({r["reference"] for r in rows if r["keep"] == k and r.get("reference")})
+            if behind:
+                sentences.append(
+                    f"Keep {k}: do not beat the best baseline ({', '.join(references)}): "
+                    + "; ".join(f"{m} (pool size {', '.join(map(str, sizes))})" for m, sizes in behind.items()) + "."
+                )
+            else:
+                sentences.append(f"Keep {k}: every method beats the best baseline ({', '.join(references)}) at every pool size.")
+        text = " ".join(sentences)
+    return [Section("Search evaluation: regret of the pick", figures, table, text=text)]
 
 
 def _train_sections(out: Location) -> list[Section]:

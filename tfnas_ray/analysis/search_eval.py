@@ -29,10 +29,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+from scipy import stats
 
 from tfnas_ray import tables
 from tfnas_ray.analysis.aligned import Aligned
-from tfnas_ray.analysis.ranking import method_merit, parse_method
+from tfnas_ray.analysis.ranking import baseline_candidates, method_merit, parse_method, rank_within_pools
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import Direction
 
@@ -93,7 +94,8 @@ def pool_outcomes(merit: np.ndarray, quality: np.ndarray, pools: np.ndarray, kee
     """Per pool, for each K: regret, percentile of the best pick, and top-fraction overlap.
 
     Args:
-        merit: (n,) higher = predicted better; NaN = picked last.
+        merit: (n,) per architecture, or (R, P) per pool entry (`ranking.rank_within_pools`:
+            an ensemble ranked inside each pool); higher = predicted better; NaN = picked last.
         quality: (n,) trained quality, higher = better.
         pools: (R, P) indices from `draw_pools`.
 
@@ -102,7 +104,10 @@ def pool_outcomes(merit: np.ndarray, quality: np.ndarray, pools: np.ndarray, kee
     """
     count, size = pools.shape
     q = quality[pools]  # (R, P)
-    m = merit[pools]
+    merit = np.asarray(merit, dtype=np.float64)
+    m = merit if merit.ndim == 2 else merit[pools]
+    if m.shape != pools.shape:
+        raise ValueError(f"merit of shape {merit.shape} does not fit pools of shape {pools.shape}")
     m = np.where(np.isnan(m), -np.inf, m)
     # Stable sort: ties keep pool order, which is random, so ties are broken at random.
     order = np.argsort(-m, axis=1, kind="stable")
@@ -128,33 +133,84 @@ def pool_outcomes(merit: np.ndarray, quality: np.ndarray, pools: np.ndarray, kee
     return out
 
 
+def paired_difference(regret: np.ndarray, reference: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean per-pool regret difference (method − reference, same pools) and its paired
+    t interval: mean ± t(1 − α/2, R − 1)·sd/√R. Negative: the method's picks are better.
+    With one pool the interval is undefined (NaN)."""
+    diff = np.asarray(regret, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    mean = float(diff.mean())
+    if diff.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, diff.size - 1) * diff.std(ddof=1) / math.sqrt(diff.size))
+    return mean, mean - half, mean + half
+
+
+def _references(methods: Sequence[str], reference: str | None, baselines: Sequence[str] | None) -> list[str]:
+    """The candidates for the reference method: the one given, else the baselines among
+    `methods` (`ranking.baseline_candidates` when `baselines` is None)."""
+    if reference is not None:
+        if reference not in methods:
+            raise TfnasError(f"--reference {reference!r} is not one of the evaluated methods: {', '.join(methods) or '(none)'}")
+        return [reference]
+    found = baseline_candidates(methods) if baselines is None else list(baselines)
+    return [b for b in found if b in methods]
+
+
 def evaluate_search(
     data: Aligned,
     methods: Sequence[str],
     directions: Mapping[str, Direction | str],
     config: SearchEvalConfig = SearchEvalConfig(),
+    *,
+    reference: str | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> pa.Table:
     """The search_eval table: one row per (method, P, K); `random` and `oracle` included.
 
     Every method sees the same pools (one seeded draw per P), so their differences are
-    not Monte-Carlo noise between methods.
+    not Monte-Carlo noise between methods; each is compared with the reference method on
+    those pools (columns `reference`, `regret_diff`, `regret_diff_lo`, `regret_diff_hi`:
+    the mean per-pool regret difference and its paired 95% t interval). `scored` counts
+    the architectures a method could rank (a value of every member); the rest are picked
+    last.
+
+    Args:
+        reference: the method every other is compared with; default the best (lowest mean
+            regret at that P and K) of `baselines`.
+        baselines: the baseline methods (default `ranking.baseline_candidates(methods)`:
+            metrics flagged baseline in the registry, else `params`).
 
     Raises:
-        TfnasError: an unknown method member, a pool size or K larger than allowed.
+        TfnasError: an unknown method member or reference, a pool size or K larger than allowed.
     """
     n = len(data.arch_ids)
-    merits = {name: method_merit(parse_method(name), data.columns, directions) for name in methods}
+    parsed = {name: parse_method(name) for name in methods}
+    merits = {name: method_merit(method, data.columns, directions) for name, method in parsed.items()}
     for name, values in merits.items():
         if not np.isfinite(values).any():
             raise TfnasError(f"method {name!r} has no finite value on the {n} architectures of target {data.target!r}")
-    merits = {ORACLE: data.quality, **merits, RANDOM: np.zeros(n)}
+    references = _references(list(methods), reference, baselines)
+    scored = {ORACLE: n, **{name: int(np.isfinite(v).sum()) for name, v in merits.items()}, RANDOM: n}
+    sizes = config.sizes_for(n)
+    for keep in config.keeps:  # before any pool is drawn
+        if keep > min(sizes):
+            raise TfnasError(f"--keep {keep} exceeds the pool size {min(sizes)}")
     rng = np.random.default_rng(config.seed)
     rows = []
-    for size in config.sizes_for(n):
+    for size in sizes:
         pools = draw_pools(n, size, config.pools, rng)
-        for name, merit in merits.items():
-            for keep, outcome in pool_outcomes(merit, data.quality, pools, config.keeps, config.top_fraction).items():
+        outcomes = {ORACLE: pool_outcomes(data.quality, data.quality, pools, config.keeps, config.top_fraction)}
+        for name, method in parsed.items():
+            # Ranked inside each pool, as `search` ranks its P candidates.
+            in_pools = rank_within_pools(method, data.columns, directions, pools)
+            outcomes[name] = pool_outcomes(in_pools, data.quality, pools, config.keeps, config.top_fraction)
+        outcomes[RANDOM] = pool_outcomes(np.zeros(n), data.quality, pools, config.keeps, config.top_fraction)
+        for keep in config.keeps:
+            ref = min(references, key=lambda r: (float(outcomes[r][keep]["regret"].mean()), references.index(r))) if references else None
+            for name, by_keep in outcomes.items():
+                outcome = by_keep[keep]
                 lo, hi = np.quantile(outcome["regret"], [0.025, 0.975])
+                diff = paired_difference(outcome["regret"], outcomes[ref][keep]["regret"]) if ref else (None, None, None)
                 rows.append(
                     {
                         "method": name,
@@ -166,9 +222,16 @@ def evaluate_search(
                         "percentile": float(outcome["percentile"].mean()),
                         "top10_overlap": float(outcome["overlap"].mean()),
                         "target": data.target,
+                        "scored": scored[name],
+                        "reference": ref,
+                        "regret_diff": diff[0],
+                        "regret_diff_lo": diff[1],
+                        "regret_diff_hi": diff[2],
                     }
                 )
     table = tables.from_rows("search_eval", rows)
+    for name, kind in EXTRA_COLUMNS.items():  # beyond the fixed schema (conform keeps them)
+        table = table.append_column(pa.field(name, kind), pa.array([r[name] for r in rows], kind))
     return table.replace_schema_metadata(
         {
             b"tfnas.conventions": json.dumps(
@@ -181,6 +244,14 @@ def evaluate_search(
                     "percentile": "100*(worse + 0.5*tied others)/(P-1) of the best pick within its pool; mean over pools",
                     "top10_overlap": f"|top round({config.top_fraction}*P) by metric ∩ by truth| / that size; mean over pools",
                     "ties": "broken by pool order (random); NaN metric values picked last",
+                    "ranking": "inside each pool: an ensemble's members ranked among the pool's architectures every member scored",
+                    "scored": "architectures the method could rank (a finite value of every member)",
+                    "reference": (
+                        f"the given reference {reference!r}" if reference is not None
+                        else "the baseline (" + (", ".join(references) or "none present") + ") of lowest mean regret at that P and K"
+                    ),
+                    "regret_diff": "mean over the same pools of (method's regret − reference's regret); negative: better than the reference",
+                    "regret_diff_interval": "paired 95% t interval of that mean over the pools of this benchmark (Monte-Carlo error; not benchmark-to-benchmark variation)",
                     "random": "the first K of each randomly ordered pool",
                     "oracle": "the top K by truth",
                     "truth": "mean over the runs of an architecture",
@@ -190,8 +261,27 @@ def evaluate_search(
     )
 
 
+EXTRA_COLUMNS = {
+    "scored": pa.int64(),
+    "reference": pa.string(),
+    "regret_diff": pa.float64(),
+    "regret_diff_lo": pa.float64(),
+    "regret_diff_hi": pa.float64(),
+}
+
+
+def beats_reference(row: Mapping) -> bool | None:
+    """True where the paired interval of the regret difference lies below 0 (the method's
+    picks are better than the reference's), False where it does not, None without one."""
+    hi = row.get("regret_diff_hi")
+    if row.get("reference") is None or hi is None or not math.isfinite(hi):
+        return None
+    return hi < 0
+
+
 def format_search_eval(table: pa.Table) -> str:
-    """A plain-text table per (P, K), methods by regret, best first."""
+    """A plain-text table per (P, K), methods by regret, best first; each method's paired
+    regret difference to the reference, and in words which methods do not beat it."""
     rows = table.to_pylist()
     if not rows:
         return "(no rows)"
@@ -205,11 +295,24 @@ def format_search_eval(table: pa.Table) -> str:
         groups.setdefault((row["pool_size"], row["keep"]), []).append(row)
     for (size, keep), group in groups.items():
         group.sort(key=lambda r: (math.inf if r["regret"] is None or r["regret"] != r["regret"] else r["regret"], r["method"]))
-        header = f"{'method':44s} {'regret':>9s} [{'95% of pools':^19s}]  {'percentile':>10s}  {'top-10% overlap':>15s}"
+        reference = group[0].get("reference")
+        vs = f"Δ regret vs {reference} [paired 95% CI]" if reference else "Δ regret vs reference"
+        header = f"{'method':44s} {'scored':>6s} {'regret':>9s} [{'2.5–97.5% of pools':^19s}]  {'percentile':>10s}  {'top-10% overlap':>15s}  {vs}"
         lines += [f"target {target}, pool size P = {size}, keep K = {keep}:", header, "-" * len(header)]
         for r in group:
+            diff = ""
+            if reference and r.get("regret_diff") is not None and r["method"] != reference:
+                diff = f"{r['regret_diff']:+9.4f} [{r['regret_diff_lo']:+8.4f}, {r['regret_diff_hi']:+8.4f}]"
+            scored = "" if r.get("scored") is None else str(r["scored"])
             lines.append(
-                f"{r['method']:44s} {r['regret']:9.4f} [{r['regret_lo']:8.4f}, {r['regret_hi']:8.4f}]  {r['percentile']:10.1f}  {r['top10_overlap']:15.3f}"
+                f"{r['method']:44s} {scored:>6s} {r['regret']:9.4f} [{r['regret_lo']:8.4f}, {r['regret_hi']:8.4f}]  {r['percentile']:10.1f}  {r['top10_overlap']:15.3f}  {diff}".rstrip()
             )
+        if reference:
+            others = [r for r in group if r["method"] not in (reference, ORACLE, RANDOM)]
+            behind = [r["method"] for r in others if beats_reference(r) is False]
+            if behind:
+                lines.append(f"do not beat the best baseline {reference} (paired interval not below 0): {', '.join(behind)}")
+            elif others:
+                lines.append(f"every method beats the best baseline {reference} (paired interval below 0)")
         lines.append("")
     return "\n".join(lines).rstrip()
