@@ -175,6 +175,12 @@ def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per
         )
 
 
+SpaceFile = Annotated[
+    Optional[str],
+    typer.Option("--space", help="hf: the model family, a .toml space file or a shipped one (tiny-gpt2, tiny-bert)"),
+]
+
+
 @app.command()
 def benchmarks() -> None:
     """List the shipped benchmarks."""
@@ -202,16 +208,19 @@ def metrics() -> None:
 
 @app.command()
 def sample(
-    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp, nb-bert or hf (with --space)")],
     n: Annotated[int, typer.Option("-n", help="number of architectures")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the generator")] = 0,
     out: Annotated[str, typer.Option(help="archs table to write (.parquet; a path or a URL)")] = "archs.parquet",
+    space_file: SpaceFile = None,
 ) -> None:
-    """Draw N architectures from a space's own distribution into an archs table."""
+    """Draw N architectures from a space's own distribution into an archs table
+    (hf: N distinct configurations of the --space family)."""
     from tfnas_ray import tables
     from tfnas_ray.pipeline import sample_archs
 
-    table = sample_archs(space, n, seed=seed)
+    with checking_input():
+        table = sample_archs(space, n, seed=seed, space_file=space_file)
     tables.write_table("archs", table, out)
     typer.echo(f"wrote {table.num_rows} {space} architectures to {out}")
 

@@ -247,8 +247,11 @@ class HfSpec:
 class Family:
     """A model family read from a space file: what `sample` draws from.
 
+    Implements `tfnas_ray.spaces.Space`, under the space name `hf` (`name`): the archs
+    it draws are `hf` architectures whatever family drew them.
+
     Attributes:
-        name: the family's name (the file's `name`, default its stem).
+        family: the family's name (the file's `name`, default its stem).
         model_type, task: as in the file.
         fixed: config arguments every model gets (canonical keys).
         choices: config argument -> its allowed values, in file order.
@@ -256,7 +259,7 @@ class Family:
         path: where it was read from.
     """
 
-    name: str
+    family: str
     model_type: str
     task: str
     fixed: Mapping[str, Any]
@@ -264,6 +267,7 @@ class Family:
     constraints: tuple[Constraint, ...]
     path: str
     description: str = ""
+    name = NAME  # the space column of what it draws (a class attribute, not a field)
 
     # -- the Space protocol (drawing) --
 
@@ -281,7 +285,7 @@ class Family:
             TfnasError: the space is too large to enumerate (ENUMERATE_LIMIT).
         """
         if self.combinations() > ENUMERATE_LIMIT:
-            raise TfnasError(f"space {self.name}: {self.combinations():,} combinations are too many to enumerate (limit {ENUMERATE_LIMIT:,})")
+            raise TfnasError(f"space {self.family}: {self.combinations():,} combinations are too many to enumerate (limit {ENUMERATE_LIMIT:,})")
         keys = list(self.choices)
         return [dict(zip(keys, combo)) for combo in itertools.product(*self.choices.values()) if self._admits(dict(zip(keys, combo)))]
 
@@ -309,7 +313,7 @@ class Family:
             pool = self.valid()
             if n > len(pool):
                 raise TfnasError(
-                    f"space {self.name} holds {len(pool)} distinct configurations satisfying its constraints "
+                    f"space {self.family} holds {len(pool)} distinct configurations satisfying its constraints "
                     f"(of {self.combinations()} combinations); asked for {n}"
                 )
             rng.shuffle(pool)
@@ -322,14 +326,14 @@ class Family:
                 if key in seen or not self._admits(chosen):
                     rejections += 1
                     if rejections > MAX_REJECTIONS_PER_DRAW * max(n, 1):
-                        raise TfnasError(f"space {self.name}: only {len(drawn)} distinct valid configurations found in {rejections} rejected draws; asked for {n}")
+                        raise TfnasError(f"space {self.family}: only {len(drawn)} distinct valid configurations found in {rejections} rejected draws; asked for {n}")
                     continue
                 seen.add(key)
                 drawn.append(chosen)
         specs = []
         for chosen in drawn:
             spec = self.spec(chosen)
-            build_model(spec.model_type, spec.task, spec.config, where=f"space {self.name}", device="meta")
+            build_model(spec.model_type, spec.task, spec.config, where=f"space {self.family}", device="meta")
             specs.append(spec.canonical())
         return specs
 
@@ -348,7 +352,7 @@ class Family:
     def describe(self) -> str:
         size = self.size()
         return (
-            f"{self.name}: {self.model_type} {self.task}, choices "
+            f"{self.family}: {self.model_type} {self.task}, choices "
             + ", ".join(f"{k} {list(v)}" for k, v in self.choices.items())
             + (f"; {size} configurations" if size is not None else "")
         )
@@ -429,12 +433,27 @@ def load_family(space_file: str | Path) -> Family:
     known = set(fixed) | set(choices)
     constraints = tuple(Constraint.parse(c, known=known, where=f"space file {where}") for c in raw_constraints)
     family = Family(
-        name=name, model_type=data["model_type"], task=data["task"], fixed=fixed, choices=choices,
+        family=name, model_type=data["model_type"], task=data["task"], fixed=fixed, choices=choices,
         constraints=constraints, path=str(path), description=str(data.get("description", "")),
     )
     if family.combinations() <= ENUMERATE_LIMIT and family.size() == 0:
         raise TfnasError(f"space file {where}: the constraints ({'; '.join(c.text for c in constraints)}) leave none of the {family.combinations()} combinations")
     return family
+
+
+def drawing_space(space_name: str, space_file: str | Path | None):
+    """The space to draw from: `space_name`'s, or for `hf` the family of `space_file`.
+
+    Raises:
+        TfnasError: --space given for another space, or an unknown space name.
+    """
+    from tfnas_ray.spaces import get_space
+
+    if space_file is None:
+        return get_space(space_name)
+    if space_name != NAME:
+        raise TfnasError(f"--space {str(space_file)!r} applies to space hf only, not to {space_name!r}")
+    return load_family(space_file)
 
 
 class HfSpace:
