@@ -395,7 +395,7 @@ def reproduce(
 
 @app.command()
 def search(
-    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp, nb-bert or hf (with --space)")],
     metric: Annotated[list[str], typer.Option("--metric", "-m", help="rank by this metric, or a rank ensemble ensemble:a+b (repeat: each method keeps its own best)")],
     keep: Annotated[int, typer.Option(help="architectures kept per method")] = 10,
     candidates: Annotated[Optional[int], typer.Option(help="architectures to draw (with --archs: the first N admitted; default all)")] = None,
@@ -421,6 +421,7 @@ def search(
     mode: Mode = None,
     address: Address = None,
     progress: Progress = True,
+    space_file: SpaceFile = None,
 ) -> None:
     """Search a space training-free: draw candidates, score them through Ray, keep the
     best by a metric or ensemble, write the Pareto front and a report. Rerun to resume."""
@@ -444,6 +445,7 @@ def search(
             constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
             train=train,
             reading=nb.reading if nb_bert else None,
+            space_file=space_file,
         )
     score_config = _score_config(
         None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,

@@ -54,7 +54,7 @@ class SearchConfig:
     """What to search.
 
     Attributes:
-        space: the search space (nb-nlp, nb-bert).
+        space: the search space (nb-nlp, nb-bert, hf).
         methods: metric names or rank ensembles (`ensemble:a+b`); each keeps its own best.
         keep: architectures kept per method.
         candidates: how many to draw (or, with `archs`, the first N admitted; None: all).
@@ -75,8 +75,15 @@ class SearchConfig:
     constraints: Constraints = field(default_factory=Constraints)
     train: int = 0
     reading: str | None = None
+    space_file: str | None = None  # hf: the family to draw from (a .toml file or a shipped name)
 
     def __post_init__(self) -> None:
+        if self.space == "hf" and self.train:
+            raise TfnasError("--train is not available for space hf yet: short training of hf families is not built")
+        if self.space_file is not None and self.space != "hf":
+            raise TfnasError(f"--space {self.space_file!r} applies to space hf only, not to {self.space!r}")
+        if self.space == "hf" and self.space_file is None and self.archs is None:
+            raise TfnasError("search over space hf draws from a family: give --space FILE (or --archs)")
         if not self.methods:
             raise TfnasError("search needs at least one --metric (a metric name or ensemble:a+b)")
         if self.keep < 1:
@@ -98,6 +105,7 @@ class SearchConfig:
             "archs": self.archs,
             "constraints": dataclasses.asdict(self.constraints),
             **({"reading": self.reading} if self.reading else {}),
+            **({"space_file": self.space_file} if self.space_file else {}),
         }
 
 
@@ -159,7 +167,9 @@ def draw_candidates(config: SearchConfig, *, log: Callable[[str], None] = print)
     Raises:
         TfnasError: the constraints admit too few (names the counts and the limits).
     """
-    space = get_space(config.space)
+    from tfnas_ray.spaces.hf import drawing_space
+
+    space = drawing_space(config.space, config.space_file) if config.archs is None else get_space(config.space)
     counts: dict[str, int] = {}
     rows: list[dict] = []
 
