@@ -145,7 +145,7 @@ def _canonical_keys(config: Mapping[str, Any], config_class, *, where: str) -> d
     for key, value in config.items():
         name = aliases.get(key, key)
         if name not in known:
-            raise TfnasError(f"{where}: {key!r} is not a setting of {config_class.__name__} (e.g. {', '.join(sorted(known)[:6])}, …)")
+            raise TfnasError(f"{where}: {key!r} is not a setting of {config_class.__name__} (e.g. {', '.join(sorted(k for k in known if not k.startswith('_'))[:6])}, …)")
         if name in out:
             raise TfnasError(f"{where}: {key!r} and {name!r} are the same setting of {config_class.__name__}; give it once")
         out[name] = value
@@ -267,6 +267,7 @@ class Family:
     constraints: tuple[Constraint, ...]
     path: str
     description: str = ""
+    aliases: Mapping[str, str] = field(default_factory=dict)  # the config class's alias -> name, for constraints
     name = NAME  # the space column of what it draws (a class attribute, not a field)
 
     # -- the Space protocol (drawing) --
@@ -276,6 +277,7 @@ class Family:
 
     def _admits(self, chosen: Mapping[str, Any]) -> bool:
         values = {**self.fixed, **chosen}
+        values.update({alias: values[name] for alias, name in self.aliases.items() if name in values})
         return all(c.holds(values) for c in self.constraints)
 
     def valid(self) -> list[dict[str, Any]]:
@@ -333,7 +335,10 @@ class Family:
         specs = []
         for chosen in drawn:
             spec = self.spec(chosen)
-            build_model(spec.model_type, spec.task, spec.config, where=f"space {self.family}", device="meta")
+            try:
+                build_model(spec.model_type, spec.task, spec.config, where=f"space {self.family}", device="meta")
+            except TfnasError as err:
+                raise TfnasError(f"{err}; add a constraint that excludes it") from None
             specs.append(spec.canonical())
         return specs
 
@@ -430,11 +435,12 @@ def load_family(space_file: str | Path) -> Family:
     raw_constraints = data.get("constraints", [])
     if not isinstance(raw_constraints, list):
         raise TfnasError(f"space file {where}: constraints must be a list of expressions, got {raw_constraints!r}")
-    known = set(fixed) | set(choices)
+    aliases = {a: n for a, n in _known_keys(config_class)[1].items() if n in set(fixed) | set(choices)}
+    known = set(fixed) | set(choices) | set(aliases)
     constraints = tuple(Constraint.parse(c, known=known, where=f"space file {where}") for c in raw_constraints)
     family = Family(
         family=name, model_type=data["model_type"], task=data["task"], fixed=fixed, choices=choices,
-        constraints=constraints, path=str(path), description=str(data.get("description", "")),
+        constraints=constraints, path=str(path), description=str(data.get("description", "")), aliases=aliases,
     )
     if family.combinations() <= ENUMERATE_LIMIT and family.size() == 0:
         raise TfnasError(f"space file {where}: the constraints ({'; '.join(c.text for c in constraints)}) leave none of the {family.combinations()} combinations")
