@@ -199,7 +199,7 @@ def test_sample_then_score_as_the_readme_says(ray_cluster, tmp_path, monkeypatch
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert "failures: none" in result.output
-    rows = pq.read_table(scores).to_pylist()
+    rows = tables.read_table("scores", scores).to_pylist()
     assert len(rows) == 9 and all(r["value"] is not None and r["value"] > 0 for r in rows)
     specs = dict(zip(table.column("arch_id").to_pylist(), table.column("spec").to_pylist()))
     for r in rows:
