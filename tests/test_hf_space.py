@@ -201,6 +201,9 @@ def test_sample_then_score_as_the_readme_says(ray_cluster, tmp_path, monkeypatch
     assert "failures: none" in result.output
     rows = tables.read_table("scores", scores).to_pylist()
     assert len(rows) == 9 and all(r["value"] is not None and r["value"] > 0 for r in rows)
+    from tfnas_ray.distributed.scorer import cpu_name
+
+    assert {r["device"] for r in rows} == {f"cpu ({cpu_name()})"}  # latency says where it was measured
     specs = dict(zip(table.column("arch_id").to_pylist(), table.column("spec").to_pylist()))
     for r in rows:
         if r["metric"] == "params":
