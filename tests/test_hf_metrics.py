@@ -210,3 +210,17 @@ def test_the_readme_python_example_runs(ray_cluster, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["table"].num_rows == 4
     assert namespace["everything"].not_applicable["head_confidence"].startswith("head_confidence does not apply")
+
+
+def test_peak_memory_of_a_hand_counted_toy():
+    # No-grad forward: Linear 64→1024 writes (B·T, 1024) float32 = 1 MiB for B·T = 256;
+    # ReLU writes another 1 MiB while the first is alive; then the first is freed before
+    # the (256, 100) logits: the peak is exactly 2 MiB (CPU: the profiler's tensor bytes).
+    toy = nn.Sequential(nn.Embedding(100, 64), nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 100))
+    batch = ids(B=8, T=32, vocab=100)
+    s = score_model(toy, batch, metrics=["peak_memory_forward_mb", "peak_memory_mb"])
+    assert s["peak_memory_forward_mb"] == 2.0
+    # a training step holds at least the forward's activations plus every gradient
+    gradients = sum(p.numel() for p in toy.parameters()) * 4 / 2**20
+    assert s["peak_memory_mb"] >= 2.0 + gradients
+    assert score_model(toy, batch, metrics=["peak_memory_mb"])["peak_memory_mb"] == s["peak_memory_mb"]  # tensor bytes, deterministic

@@ -480,6 +480,75 @@ def latency_ms(probe: Probe) -> float:
     return statistics.median(times)
 
 
+def peak_bytes(run: Callable[[], Any], device: torch.device) -> int:
+    """The most bytes of tensor memory that `run()` held at once beyond what was
+    allocated before it. CUDA: `max_memory_allocated` − `memory_allocated` before (the
+    caching allocator's own count). CPU: the allocations and frees torch's profiler
+    records for every tensor (`profile_memory`, its memory timeline): exact bytes of
+    tensors, not the process's resident memory (which the C allocator's reuse blurs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        run()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return int(peak)
+
+
+_MEMORY_SUMMARY = "peak tensor memory (MiB) above the model's own of {what} on the metric batch, on the scorer's device (CUDA: max_memory_allocated; CPU: torch profiler's tensor allocations)"
+
+
+@capability_metric(
+    "peak_memory_mb", reads=("module",), hardware=True,
+    summary=_MEMORY_SUMMARY.format(what="a forward and backward (LM loss, else Σ output)"),
+    cost="forward+backward (profiled)",
+)
+def peak_memory_mb(probe: Probe) -> float:
+    """Peak tensor memory of one training step's forward and backward on the batch: the
+    LM loss where the model has one (else Σ output), gradients of every parameter
+    created (a fresh copy has none). Activations, gradients and temporaries count; the
+    weights themselves do not (allocated before). MiB = 2^20 bytes. See `peak_bytes`."""
+    model = probe.model()
+
+    def step() -> None:
+        if "lm_loss" in probe.capabilities:
+            loss, _ = probe.lm_loss(model)
+        else:
+            loss = _first_tensor(probe.call(model, **probe._kwargs(attentions=False, hidden=False))).sum()
+        loss.backward()
+
+    return peak_bytes(step, probe.device) / 2**20
+
+
+@capability_metric(
+    "peak_memory_forward_mb", reads=("module",), hardware=True,
+    summary=_MEMORY_SUMMARY.format(what="a no-grad forward"),
+    cost="1 forward (profiled)",
+)
+def peak_memory_forward_mb(probe: Probe) -> float:
+    """Peak tensor memory of one no-grad forward on the batch (inference), MiB."""
+    model = probe.model()
+
+    def forward() -> None:
+        with torch.no_grad():
+            probe.call(model, **probe._kwargs(attentions=False, hidden=False))
+
+    return peak_bytes(forward, probe.device) / 2**20
+
+
 @capability_metric(
     "synflow", reads=("module",),
     summary="Σ|θ⊙∂R/∂θ| with |θ|, float64, R = Σ output; HF: all-ones input embeddings of one sequence, else its ids (Tanaka et al.)",
