@@ -224,3 +224,33 @@ def test_search_takes_an_hf_family_and_resumes(ray_cluster, tmp_path):
     assert result.exit_code == 0 and "scored now 0" in result.output, result.output
     result = run("search", "hf", "-m", "naswot", "--candidates", "3", "--out", str(tmp_path / "other"), "--no-progress")
     assert result.exit_code == 2 and "give --space FILE" in result.output
+
+
+def test_search_under_a_latency_limit_keeps_only_what_was_measured_fast_enough(ray_cluster, tmp_path):
+    out = tmp_path / "fast"
+    common = ["search", "hf", "--space", "tiny-gpt2", "-m", "params", "--candidates", "4", "--keep", "4", "--no-progress"]
+    result = run(*common, "--out", str(out), "--max-latency-ms", "1e6")  # admits every candidate
+    assert result.exit_code == 0, result.output
+    assert "4 of 4 candidates admitted" in result.output
+    chosen = pq.read_table(out / "chosen.parquet").to_pylist()
+    latency = {r["arch_id"]: r["latency_ms"] for r in chosen}
+    assert len(chosen) == 4 and all(v > 0 for v in latency.values())
+    front = pq.read_table(out / "pareto_latency.parquet").to_pylist()
+    # the front of merit (params) vs latency, by its definition over the 4 measured candidates
+    merit = {r["arch_id"]: r["merit"] for r in chosen}
+    expected = {
+        a for a in merit
+        if not any(merit[b] >= merit[a] and latency[b] <= latency[a] and (merit[b] > merit[a] or latency[b] < latency[a]) for b in merit)
+    }
+    assert {r["arch_id"] for r in front} == expected
+    # a limit below the slowest measured latency drops it (same shards: nothing rescored)
+    limit = (sorted(latency.values())[-1] + sorted(latency.values())[-2]) / 2
+    result = run(*common, "--out", str(tmp_path / "fast2"), "--max-latency-ms", str(limit))
+    assert result.exit_code == 0, result.output
+    kept = {r["arch_id"] for r in pq.read_table(tmp_path / "fast2" / "chosen.parquet").to_pylist()}
+    # latency is re-measured in the new directory: only what it measured counts
+    again = {r["arch_id"]: r["latency_ms"] for r in pq.read_table(tmp_path / "fast2" / "chosen.parquet").to_pylist()}
+    assert all(v <= limit for v in again.values()) and kept == set(again)
+    assert "candidates admitted" in result.output
+    result = run(*common, "--out", str(tmp_path / "bad"), "--max-latency-ms", "-1")
+    assert result.exit_code == 2 and "--max-latency-ms must be a positive number, got -1.0" in result.output

@@ -422,6 +422,8 @@ def search(
     address: Address = None,
     progress: Progress = True,
     space_file: SpaceFile = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="keep candidates whose measured latency_ms (on the scorers' device) is at most this; adds the Pareto front against latency")] = None,
+    max_memory_mb: Annotated[Optional[float], typer.Option(help="keep candidates whose measured peak_memory_mb (forward+backward) is at most this")] = None,
 ) -> None:
     """Search a space training-free: draw candidates, score them through Ray, keep the
     best by a metric or ensemble, write the Pareto front and a report. Rerun to resume."""
@@ -446,6 +448,8 @@ def search(
             train=train,
             reading=nb.reading if nb_bert else None,
             space_file=space_file,
+            max_latency_ms=max_latency_ms,
+            max_memory_mb=max_memory_mb,
         )
     score_config = _score_config(
         None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
@@ -458,7 +462,8 @@ def search(
         fail(f"{stop}; {_resume_hint()}")
     for line in result.summary.lines() + result.lines():
         typer.echo(line)
-    typer.echo(f"tables in {result.out_dir.url}: candidates.parquet scores/ chosen.parquet pareto.parquet")
+    latency = " pareto_latency.parquet" if result.pareto_latency is not None else ""
+    typer.echo(f"tables in {result.out_dir.url}: candidates.parquet scores/ chosen.parquet pareto.parquet{latency}")
     typer.echo(f"report: {write_report(result.out_dir).url}")
 
 
