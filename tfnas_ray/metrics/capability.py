@@ -462,7 +462,9 @@ def latency_ms(probe: Probe) -> float:
     """Median of LATENCY_REPEATS timed forwards (eval, no grad) on the whole metric batch
     (B × T as the batch gives it: default 16 × 64 tokens on `hf`) after LATENCY_WARMUP
     untimed ones, on the probe's device (CUDA synchronised around each). A measurement:
-    it varies with the machine and its load, unlike every other metric."""
+    it varies with the machine and its load, unlike every other metric. Declared
+    higher-is-better as `params` is: a slower model is a larger one, and larger ones
+    usually train to lower loss; as a cost, search with `--max-latency-ms`."""
     model = probe.model()
     kwargs = probe._kwargs(attentions=False, hidden=False)
     cuda = probe.device.type == "cuda"
