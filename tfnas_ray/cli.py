@@ -175,6 +175,12 @@ def _score_config(metric, seed, seeding, shard_size, workers, device, actors_per
         )
 
 
+SpaceFile = Annotated[
+    Optional[str],
+    typer.Option("--space", help="hf: the model family, a .toml space file or a shipped one (tiny-gpt2, tiny-bert)"),
+]
+
+
 @app.command()
 def benchmarks() -> None:
     """List the shipped benchmarks."""
@@ -202,16 +208,19 @@ def metrics() -> None:
 
 @app.command()
 def sample(
-    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp, nb-bert or hf (with --space)")],
     n: Annotated[int, typer.Option("-n", help="number of architectures")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the generator")] = 0,
     out: Annotated[str, typer.Option(help="archs table to write (.parquet; a path or a URL)")] = "archs.parquet",
+    space_file: SpaceFile = None,
 ) -> None:
-    """Draw N architectures from a space's own distribution into an archs table."""
+    """Draw N architectures from a space's own distribution into an archs table
+    (hf: N distinct configurations of the --space family)."""
     from tfnas_ray import tables
     from tfnas_ray.pipeline import sample_archs
 
-    table = sample_archs(space, n, seed=seed)
+    with checking_input():
+        table = sample_archs(space, n, seed=seed, space_file=space_file)
     tables.write_table("archs", table, out)
     typer.echo(f"wrote {table.num_rows} {space} architectures to {out}")
 
@@ -386,7 +395,7 @@ def reproduce(
 
 @app.command()
 def search(
-    space: Annotated[str, typer.Argument(help="search space: nb-nlp or nb-bert")],
+    space: Annotated[str, typer.Argument(help="search space: nb-nlp, nb-bert or hf (with --space)")],
     metric: Annotated[list[str], typer.Option("--metric", "-m", help="rank by this metric, or a rank ensemble ensemble:a+b (repeat: each method keeps its own best)")],
     keep: Annotated[int, typer.Option(help="architectures kept per method")] = 10,
     candidates: Annotated[Optional[int], typer.Option(help="architectures to draw (with --archs: the first N admitted; default all)")] = None,
@@ -412,6 +421,9 @@ def search(
     mode: Mode = None,
     address: Address = None,
     progress: Progress = True,
+    space_file: SpaceFile = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="keep candidates whose measured latency_ms (on the scorers' device) is at most this; adds the Pareto front against latency")] = None,
+    max_memory_mb: Annotated[Optional[float], typer.Option(help="keep candidates whose measured peak_memory_mb (forward+backward) is at most this")] = None,
 ) -> None:
     """Search a space training-free: draw candidates, score them through Ray, keep the
     best by a metric or ensemble, write the Pareto front and a report. Rerun to resume."""
@@ -435,6 +447,9 @@ def search(
             constraints=Constraints(min_params, max_params, min_layers, max_layers, min_hidden, max_hidden),
             train=train,
             reading=nb.reading if nb_bert else None,
+            space_file=space_file,
+            max_latency_ms=max_latency_ms,
+            max_memory_mb=max_memory_mb,
         )
     score_config = _score_config(
         None, seed, seeding, shard_size, workers, device, actors_per_gpu, wait_for_gpus,
@@ -447,7 +462,8 @@ def search(
         fail(f"{stop}; {_resume_hint()}")
     for line in result.summary.lines() + result.lines():
         typer.echo(line)
-    typer.echo(f"tables in {result.out_dir.url}: candidates.parquet scores/ chosen.parquet pareto.parquet")
+    latency = " pareto_latency.parquet" if result.pareto_latency is not None else ""
+    typer.echo(f"tables in {result.out_dir.url}: candidates.parquet scores/ chosen.parquet pareto.parquet{latency}")
     typer.echo(f"report: {write_report(result.out_dir).url}")
 
 

@@ -29,13 +29,18 @@ if TYPE_CHECKING:
     from tfnas_ray.analysis.search_eval import SearchEvalConfig
 
 
-def sample_archs(space_name: str, n: int, *, seed: int) -> pa.Table:
-    """An archs table of `n` architectures drawn from a space's own distribution."""
-    space = get_space(space_name)
+def sample_archs(space_name: str, n: int, *, seed: int, space_file: str | None = None) -> pa.Table:
+    """An archs table of `n` architectures drawn from a space's own distribution
+    (`hf`: from the family of `space_file`, a space file or a shipped family's name)."""
+    from tfnas_ray.spaces.hf import drawing_space
+
+    space = drawing_space(space_name, space_file)
+    family = getattr(space, "family", None)  # hf: the source says which family drew it
+    source = f"sample:{family}:seed={seed}" if family else f"sample:seed={seed}"
     rows = []
     for spec in space.sample(n, seed=seed):
         arch_id = space.arch_id(spec) if hasattr(space, "arch_id") else content_id(space.name, spec)
-        rows.append({"arch_id": arch_id, "space": space.name, "spec": spec, "source": f"sample:seed={seed}", "benchmark_id": None})
+        rows.append({"arch_id": arch_id, "space": space.name, "spec": spec, "source": source, "benchmark_id": None})
     return tables.from_rows("archs", rows)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -54,7 +55,7 @@ class SearchConfig:
     """What to search.
 
     Attributes:
-        space: the search space (nb-nlp, nb-bert).
+        space: the search space (nb-nlp, nb-bert, hf).
         methods: metric names or rank ensembles (`ensemble:a+b`); each keeps its own best.
         keep: architectures kept per method.
         candidates: how many to draw (or, with `archs`, the first N admitted; None: all).
@@ -75,8 +76,20 @@ class SearchConfig:
     constraints: Constraints = field(default_factory=Constraints)
     train: int = 0
     reading: str | None = None
+    space_file: str | None = None  # hf: the family to draw from (a .toml file or a shipped name)
+    max_latency_ms: float | None = None  # keep only candidates measured this fast (latency_ms)
+    max_memory_mb: float | None = None  # keep only candidates whose training step peaks below (peak_memory_mb)
 
     def __post_init__(self) -> None:
+        for option, value in (("--max-latency-ms", self.max_latency_ms), ("--max-memory-mb", self.max_memory_mb)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TfnasError(f"{option} must be a positive number, got {value}")
+        if self.space == "hf" and self.train:
+            raise TfnasError("--train is not available for space hf yet: short training of hf families is not built")
+        if self.space_file is not None and self.space != "hf":
+            raise TfnasError(f"--space {self.space_file!r} applies to space hf only, not to {self.space!r}")
+        if self.space == "hf" and self.space_file is None and self.archs is None:
+            raise TfnasError("search over space hf draws from a family: give --space FILE (or --archs)")
         if not self.methods:
             raise TfnasError("search needs at least one --metric (a metric name or ensemble:a+b)")
         if self.keep < 1:
@@ -98,6 +111,7 @@ class SearchConfig:
             "archs": self.archs,
             "constraints": dataclasses.asdict(self.constraints),
             **({"reading": self.reading} if self.reading else {}),
+            **({"space_file": self.space_file} if self.space_file else {}),
         }
 
 
@@ -109,15 +123,23 @@ class SearchResult:
     chosen: pa.Table
     pareto: pa.Table
     trained_target: str | None = None
+    hardware_note: str = ""  # with --max-latency-ms / --max-memory-mb: how many the limits admitted
+    pareto_latency: pa.Table | None = None  # per method the front of merit vs measured latency
 
     def lines(self) -> list[str]:
         """Per method its kept architectures: rank, id, score, parameters (and trained loss)."""
         out = [f"candidates: {self.candidates.num_rows}"]
+        if self.hardware_note:
+            out.append(self.hardware_note)
         rows = self.chosen.to_pylist()
         for method in dict.fromkeys(r["method"] for r in rows):
             front = sum(1 for r in self.pareto.to_pylist() if r["method"] == method)
-            out += ["", f"{method}: kept {sum(1 for r in rows if r['method'] == method)}; Pareto front (merit vs params) {front}"]
-            header = f"  {'rank':>4}  {'arch_id':<16}  {'score':>12}  {'params':>11}"
+            title = f"{method}: kept {sum(1 for r in rows if r['method'] == method)}; Pareto front (merit vs params) {front}"
+            if self.pareto_latency is not None:
+                title += f", (merit vs latency) {sum(1 for r in self.pareto_latency.to_pylist() if r['method'] == method)}"
+            out += ["", title]
+            measured = [m for m in ("latency_ms", "peak_memory_mb") if m in self.chosen.column_names]
+            header = f"  {'rank':>4}  {'arch_id':<16}  {'score':>12}  {'params':>11}" + "".join(f"  {m:>14}" for m in measured)
             if self.trained_target:
                 header += f"  {self.trained_target:>18}"
             out.append(header)
@@ -126,6 +148,7 @@ class SearchResult:
                     continue
                 score = f"{r['score']:12.5g}" if r["score"] is not None else f"{'failed':>12}"
                 line = f"  {r['rank']:>4}  {r['arch_id']:<16}  {score}  {r['params']:>11,}"
+                line += "".join(f"  {r[m]:>14.4g}" if r[m] is not None else f"  {'-':>14}" for m in measured)
                 if self.trained_target:
                     loss = r.get("trained_loss")
                     line += f"  {loss:>18.4f}" if loss is not None else f"  {'-':>18}"
@@ -159,7 +182,9 @@ def draw_candidates(config: SearchConfig, *, log: Callable[[str], None] = print)
     Raises:
         TfnasError: the constraints admit too few (names the counts and the limits).
     """
-    space = get_space(config.space)
+    from tfnas_ray.spaces.hf import drawing_space
+
+    space = drawing_space(config.space, config.space_file) if config.archs is None else get_space(config.space)
     counts: dict[str, int] = {}
     rows: list[dict] = []
 
@@ -242,7 +267,7 @@ def search(
     with checking_input():  # every check before Ray starts or a file is written
         out = check_output(out_dir)
         methods = [parse_method(name) for name in config.methods]
-        metrics = validate_metrics(config.space, [m for method in methods for m in method.members])
+        metrics = validate_metrics(config.space, [m for method in methods for m in method.members] + hardware_metrics(config))
         score = dataclasses.replace(score, metrics=tuple(metrics))
         plan_identity(score, [config.space])
         check_batch_options([config.space], score.batch_options)
@@ -263,15 +288,89 @@ def _search_into(out: Location, config: SearchConfig, candidates: pa.Table, meth
     arch_ids = candidates.column("arch_id").to_pylist()
     columns = metric_columns(summary.table, arch_ids, metrics)
     params = np.asarray(candidates.column("params").to_pylist(), dtype=np.int64)
+    hardware = hardware_metrics(config)
+    note = ""
+    if hardware:
+        columns, note = _within_hardware_limits(columns, config, methods)
     ranked = [rank_candidates(m, columns, directions(), params, config.keep) for m in methods]
     chosen = pa.Table.from_pylist([row for r in ranked for row in chosen_rows(r, candidates, params)], schema=CHOSEN)
     pareto = pa.Table.from_pylist([row for r in ranked for row in pareto_rows(r, candidates, params)], schema=PARETO)
+    pareto_latency = None
+    if hardware:
+        index = {a: i for i, a in enumerate(arch_ids)}
+        for metric in hardware:  # the measured cost beside each kept architecture
+            values = [_finite(columns[metric][index[a]]) for a in chosen.column("arch_id").to_pylist()]
+            chosen = chosen.append_column(metric, pa.array(values, pa.float64()))
+        pareto_latency = latency_front(ranked, arch_ids, columns["latency_ms"], params)
+        _write(pareto_latency, out.child("pareto_latency.parquet"))
     target = None
     if config.train:
         chosen, target = _train_best(chosen, candidates, out, config.train, seed=score.seed, log=log)
     _write(pareto, out.child("pareto.parquet"))
     _write(chosen, out.child("chosen.parquet"))
-    return SearchResult(out_dir=out, summary=summary, candidates=candidates, chosen=chosen, pareto=pareto, trained_target=target)
+    return SearchResult(
+        out_dir=out, summary=summary, candidates=candidates, chosen=chosen, pareto=pareto, trained_target=target,
+        hardware_note=note, pareto_latency=pareto_latency,
+    )
+
+
+# ---- hardware limits (measured on the scorers' devices) -------------------------------
+
+PARETO_LATENCY = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("arch_id", pa.string(), nullable=False),
+        pa.field("merit", pa.float64()),
+        pa.field("score", pa.float64()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("params", pa.int64()),
+    ]
+)
+
+
+def hardware_metrics(config: SearchConfig) -> list[str]:
+    """The measured metrics a search scores besides its methods': latency whenever a
+    hardware limit is given (the Pareto front against latency needs it), memory with
+    --max-memory-mb."""
+    if config.max_latency_ms is None and config.max_memory_mb is None:
+        return []
+    return ["latency_ms"] + (["peak_memory_mb"] if config.max_memory_mb is not None else [])
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _within_hardware_limits(columns: dict[str, np.ndarray], config: SearchConfig, methods) -> tuple[dict[str, np.ndarray], str]:
+    """The methods' columns with NaN where a candidate breaks a hardware limit (or its
+    measurement failed): such a candidate is never kept nor on a front. Returns the
+    columns and a line saying how many the limits admitted."""
+    n = len(next(iter(columns.values())))
+    admitted = np.ones(n, dtype=bool)
+    limits = []
+    for metric, limit, unit in (("latency_ms", config.max_latency_ms, "ms"), ("peak_memory_mb", config.max_memory_mb, "MiB")):
+        if limit is not None:
+            values = columns[metric]
+            admitted &= np.isfinite(values) & (values <= limit)
+            limits.append(f"{metric} ≤ {limit:g} {unit}")
+    members = {m for method in methods for m in method.members}
+    masked = {m: (np.where(admitted, v, math.nan) if m in members else v) for m, v in columns.items()}
+    return masked, f"hardware limits ({', '.join(limits)}, measured on the scorers): {int(admitted.sum())} of {n} candidates admitted"
+
+
+def latency_front(ranked, arch_ids: Sequence[str], latency: np.ndarray, params: np.ndarray) -> pa.Table:
+    """Per method the Pareto front of merit (higher better) against measured latency
+    (lower better), fastest first (`analysis.search.pareto_front` on latency)."""
+    from tfnas_ray.analysis.search import pareto_front
+
+    rows = []
+    for r in ranked:
+        for i in pareto_front(r.merit, latency).tolist():
+            rows.append({
+                "method": r.method, "arch_id": arch_ids[i], "merit": _finite(r.merit[i]), "score": _finite(r.score[i]),
+                "latency_ms": float(latency[i]), "params": int(params[i]),
+            })
+    return pa.Table.from_pylist(rows, schema=PARETO_LATENCY)
 
 
 def _train_best(chosen: pa.Table, candidates: pa.Table, out: Location, n: int, *, seed: int, log) -> tuple[pa.Table, str]:

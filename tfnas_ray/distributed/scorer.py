@@ -14,6 +14,21 @@ from tfnas_ray.errors import TfnasError
 CUDA_OUT_OF_MEMORY = "OutOfMemoryError"
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what `platform` knows:
+    hardware metrics (latency) say on what they were measured."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
 def scorer_class():
     """The Ray actor class of the scorers (built on use: `ray` is imported lazily)."""
     import ray
@@ -35,14 +50,14 @@ def scorer_class():
             self._node = ray.get_runtime_context().get_node_id()
             self._problem = None  # why this actor cannot score, reported by describe()
             self._device = "cpu"
-            self._label = "cpu"
+            self._label = f"cpu ({cpu_name()})"  # the device column names the hardware
             if device_kind == "gpu":
                 gpu = ",".join(self._gpu_ids) or "?"
                 if self._drill.simulate_gpus:
                     self._label = f"cpu (simulated gpu {gpu})"
                 elif torch.cuda.is_available():
                     self._device = "cuda:0"  # CUDA_VISIBLE_DEVICES holds only the assigned GPU
-                    self._label = f"cuda (gpu {gpu})"
+                    self._label = f"cuda (gpu {gpu}: {torch.cuda.get_device_name(0)})"
                 else:
                     self._problem = (
                         f"Ray assigned GPU {gpu} to a scorer, but torch {torch.__version__} there sees no "

@@ -117,6 +117,7 @@ _METRIC_MODULES: Sequence[str] = (
     "tfnas_ray.metrics.rnn_published",
     "tfnas_ray.metrics.rnn_standard",
     "tfnas_ray.metrics.transformer",
+    "tfnas_ray.metrics.capability",
 )
 
 

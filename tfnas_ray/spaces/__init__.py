@@ -41,6 +41,7 @@ SPACES: Registry[Space] = Registry("space")
 _SPACE_MODULES: Sequence[str] = (
     "tfnas_ray.spaces.nasbench_nlp",
     "tfnas_ray.spaces.nasbench_bert",
+    "tfnas_ray.spaces.hf",
 )
 
 
