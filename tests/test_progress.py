@@ -176,3 +176,12 @@ def test_a_real_run_logs_each_architecture_heartbeats_and_its_projected_cost(tmp
     projected = next(line for line in out if line.startswith("projected: "))
     assert f"for {len(ids)} archs (from the first 1: median 6." in projected
     assert any(line.startswith("  cheaper: --seq-len 128 --mode eval ≈ ") for line in out), run.stdout
+
+
+def test_a_run_projected_under_a_minute_gets_no_projection_line():
+    said = []
+    progress = Progress(10, enabled=False, clock=_clock([0.0, 5.0]), note=said.append)
+    progress.attach(None, scorers=1)
+    progress.finished("a", 1.0)  # 5 + 9 × 1 s: 14 s
+    progress.finished("b", 1.0)
+    assert said == []

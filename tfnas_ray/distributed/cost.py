@@ -1,7 +1,7 @@
 """What a scoring run will cost, said before most of it is spent.
 
 After the first architectures are in, the run's wall time is projected from what they
-took, and when it is long (over `LONG_RUN_S`) the cheaper settings that exist for the
+took and said when it is over a minute; when it is long (over `LONG_RUN_S`) the cheaper settings that exist for the
 run's spaces are printed with their projected cost. Pure functions of measured numbers;
 `progress.Progress` calls them and prints the lines.
 """
@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+WORTH_SAYING_S = 60.0  # a run projected to end sooner than this gets no projection line
 LONG_RUN_S = 600.0  # a projection above this also lists the cheaper settings
 NB_BERT_SEQ_LEN = 512  # the paper's protocol, nb-bert's default `--seq-len`
 CHEAP_SEQ_LEN = 128

@@ -10,8 +10,8 @@ environment variable `TFNAS_HEARTBEAT_S` sets another), so a log is never silent
 Scorers report each architecture as it finishes (`ArchReports`, an actor the scorers
 call), not only whole shards: a shard of 8 nb-bert architectures at the paper's protocol
 takes ~14 min, and its progress shows architecture by architecture. After the first
-architectures (one per scorer) the run's projected wall time is logged once, with the
-cheaper settings when it is long (`cost`).
+architectures (one per scorer) the run's projected wall time is logged once when it is
+over a minute, with the cheaper settings when it is long (`cost`).
 """
 
 from __future__ import annotations
@@ -193,6 +193,8 @@ class Progress:
             return  # nothing left to project
         elapsed = self._clock() - self._started
         projected = cost.project(total=self.total, done=self.done, elapsed_s=elapsed, arch_seconds=self._arch_seconds, scorers=self._scorers)
+        if projected < cost.WORTH_SAYING_S:
+            return
         for line in cost.projection_lines(
             projected, done=len(self._arch_seconds), total=self.total, arch_seconds=self._arch_seconds, scorers=self._scorers, cheaper=self._cheaper
         ):
