@@ -104,7 +104,10 @@ MemoryPerWorker = Annotated[
     ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
-Progress = Annotated[bool, typer.Option(help="show progress on stderr (a bar on a terminal, a line every 30 s in logs)")]
+Progress = Annotated[
+    bool,
+    typer.Option(help="show progress on stderr (a bar on a terminal; in logs a line every 30 s, a heartbeat at least every 60 s: TFNAS_HEARTBEAT_S)"),
+]
 RetryFailed = Annotated[bool, typer.Option(help="rescore the architectures that an earlier run recorded as failed")]
 Protocol = Annotated[
     str,
