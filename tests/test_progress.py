@@ -8,6 +8,7 @@ import pytest
 
 from tfnas_ray.distributed.cost import LONG_RUN_S, Cheaper, cheaper_settings, duration, project, projection_lines
 from tfnas_ray.distributed.progress import Progress
+from tfnas_ray.errors import TfnasError
 
 
 class _Terminal(io.StringIO):
@@ -85,7 +86,7 @@ def test_heartbeat_interval_from_the_environment(monkeypatch):
     assert heartbeat_seconds() == 2.5
     for bad in ("0", "-1", "soon", "nan"):
         monkeypatch.setenv(HEARTBEAT_ENV, bad)
-        with pytest.raises(ValueError, match=rf"TFNAS_HEARTBEAT_S must be a number of seconds > 0, got '{bad}'"):
+        with pytest.raises(TfnasError, match=rf"TFNAS_HEARTBEAT_S must be a number of seconds > 0, got '{bad}'"):
             heartbeat_seconds()
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,35 @@ def test_sigterm_saves_shards_prints_the_resume_line_frees_the_lease_and_exits_1
         assert (out / name).read_bytes() == content
     scores = tables.read_table("scores", out)
     assert scores.num_rows == distinct and len(set(scores.column("arch_id").to_pylist())) == distinct
+
+
+def test_sigterm_raises_terminated_once_and_ray_init_cannot_replace_the_handler():
+    from tfnas_ray import termination
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        termination.install()
+        with termination.keep_handler():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init does
+        assert signal.getsignal(signal.SIGTERM) is termination._on_sigterm
+        with pytest.raises(termination.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode boundary
+        assert termination.received() and isinstance(termination.Terminated(), KeyboardInterrupt)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one while unwinding: ignored
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        termination._received.clear()
+    assert termination.EXIT_CODE == 143
+
+
+def test_the_exit_code_of_sigterm_is_documented():
+    from typer.testing import CliRunner
+
+    from tfnas_ray.cli import app
+
+    help_text = " ".join(CliRunner().invoke(app, ["--help"]).output.split())
+    assert "143 SIGTERM (as Kubernetes sends)" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "**143** SIGTERM" in readme and "well within Kubernetes' 30 s grace period" in readme

@@ -22,6 +22,7 @@ import time
 from typing import Callable, Sequence, TextIO
 
 from tfnas_ray.distributed import cost
+from tfnas_ray.errors import TfnasError
 
 LOG_INTERVAL_S = 30.0  # seconds between plain lines when stderr is not a terminal
 LOG_STEP = 0.10  # …or this fraction of the work, whichever comes first
@@ -34,7 +35,7 @@ def heartbeat_seconds() -> float:
     """`HEARTBEAT_S`, or the value of `TFNAS_HEARTBEAT_S` (seconds > 0).
 
     Raises:
-        ValueError: the variable is set to something else.
+        TfnasError: the variable is set to something else.
     """
     text = os.environ.get(HEARTBEAT_ENV)
     if not text:
@@ -44,7 +45,7 @@ def heartbeat_seconds() -> float:
     except ValueError:
         value = float("nan")
     if not value > 0:
-        raise ValueError(f"{HEARTBEAT_ENV} must be a number of seconds > 0, got {text!r}")
+        raise TfnasError(f"{HEARTBEAT_ENV} must be a number of seconds > 0, got {text!r}")
     return value
 
 
