@@ -62,6 +62,7 @@ def test_sigterm_saves_shards_prints_the_resume_line_frees_the_lease_and_exits_1
             except ProcessLookupError:
                 pass
     assert process.returncode == 143, output[-3000:]
+    print(f"exited {took:.1f} s after SIGTERM")
     assert took < GRACE_PERIOD_S, f"took {took:.1f} s to exit after SIGTERM"
     said = re.search(r"interrupted: (\d+) of (\d+) shards are saved in .*; run the same command again to resume", output)
     assert said, output[-3000:]
