@@ -207,3 +207,104 @@ def test_a_driver_killed_with_sigkill_resumes(scenarios, archs_path, tmp_path):
     assert rows == scenarios["reference"]["rows"] and _scored_once(rows)
     progress = [line for line in finished.stderr.splitlines() if line.startswith("scored ")]
     assert "\r" not in finished.stderr and progress and progress[-1].startswith(f"scored {N_ARCHS - saved}/{N_ARCHS - saved} archs")
+
+
+CHAOS = r"""
+import json, os, random, signal, sys, threading, time
+from pathlib import Path
+import ray
+from ray._private import state
+from ray.cluster_utils import Cluster
+from tfnas_ray import tables
+from tfnas_ray.distributed.drills import DRILL_ENV, Drill
+from tfnas_ray.distributed.scoring import ScoreConfig, run_scoring
+
+archs = tables.read_table("archs", sys.argv[1])
+ids = archs.column("arch_id").to_pylist()
+work = Path(sys.argv[2])
+store = 80 * 2**20
+# A head that runs no scorer and three one-CPU worker nodes: three scorers, one per node.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": store})
+for _ in range(3):
+    cluster.add_node(num_cpus=1, object_store_memory=store)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+# max_tries well above what random kills can reach: a scorer killed while an
+# architecture was alone on it charges that architecture, and three charges on one
+# architecture would record it as failed.
+config = dict(metrics=("params",), shard_size=4, max_tries=20)
+
+def rows(summary):
+    return sorted([r["arch_id"], r["metric"], r["value"], r["error"]] for r in summary.table.to_pylist())
+
+os.environ.pop(DRILL_ENV, None)
+reference = run_scoring(archs, str(work / "reference"), ScoreConfig(**config), progress=False, log=lambda line: None)
+
+# Every architecture pauses 0.3 s on its first attempt, so the run lasts long enough
+# for the killer; values do not depend on it.
+os.environ.update(Drill(pause={a: 0.3 for a in ids}, dir=str(work / "drill")).to_env())
+done = threading.Event()
+kills = []
+
+MAX_KILLS = 8  # then the run is left to finish: the chaos is bounded
+
+def killer():
+    rng = random.Random(0)
+    first_seen = {}
+    while len(kills) < MAX_KILLS and not done.wait(2.0):
+        now = time.monotonic()
+        alive = {}
+        for info in state.actors().values():
+            if info["ActorClassName"].endswith("ScorerActor") and info["State"] == "ALIVE" and info["Pid"]:
+                alive[info["Pid"]] = info
+                first_seen.setdefault(info["Pid"], now)
+        # Only scorers up for a while: one killed before it answers counts as a failed start.
+        ripe = sorted(pid for pid in alive if now - first_seen[pid] >= 3.0)
+        if ripe:
+            pid = rng.choice(ripe)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+            except ProcessLookupError:
+                pass
+
+thread = threading.Thread(target=killer, daemon=True)
+thread.start()
+started = time.monotonic()
+try:
+    chaos = run_scoring(archs, str(work / "chaos"), ScoreConfig(**config), progress=False, log=lambda line: None)
+finally:
+    done.set()
+seconds = time.monotonic() - started
+print(json.dumps({
+    "reference": rows(reference), "chaos": rows(chaos), "kills": len(kills), "seconds": seconds,
+    "deaths": chaos.worker_deaths, "failures": dict(chaos.failures), "scored": chaos.scored,
+}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_chaos_random_scorers_killed_every_few_seconds(tmp_path):
+    """One run of 120 nb-nlp cells on three one-CPU nodes while a random scorer process
+    is killed (SIGKILL) every 2 s, up to 8 kills: every architecture ends scored exactly
+    once, with the values of an undisturbed run (≈ 100 s on a loaded 2-core machine,
+    12 kills)."""
+    table, _ = get_benchmark("nb-nlp-ptb").load()
+    seen, keep = set(), []
+    for i, arch_id in enumerate(table.column("arch_id").to_pylist()):
+        if arch_id not in seen and len(keep) < 120:
+            seen.add(arch_id)
+            keep.append(i)
+    path = tmp_path / "archs.parquet"
+    tables.write_table("archs", table.take(keep), path)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop(DRILL_ENV, None)
+    result = subprocess.run([sys.executable, "-c", CHAOS, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # Ray's raylets may print after the report: take the report's line.
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"reference"')))
+    keys = [(arch_id, metric) for arch_id, metric, _, _ in report["chaos"]]
+    assert len(keys) == len(set(keys)) == 120  # every architecture exactly once
+    assert report["chaos"] == report["reference"] and report["failures"] == {}
+    assert report["kills"] >= 3 and report["deaths"] >= 3, report  # it was disturbed

@@ -48,7 +48,10 @@ class _OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=_OneLineErrors,
     name="tfnas",
-    help="Training-free neural architecture search for RNNs and transformers, on Ray.",
+    help="Training-free neural architecture search for RNNs and transformers, on Ray.\n\n"
+    "Exit codes: 0 success; 2 input rejected before any work; 1 a problem met while working "
+    "(rerun to resume an interrupted run); 130 Ctrl-C outside a run; 143 SIGTERM (as Kubernetes "
+    "sends): finished shards are kept, the resume line printed, the output's lease released.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -101,7 +104,10 @@ MemoryPerWorker = Annotated[
     ),
 ]
 Address = Annotated[Optional[str], typer.Option(help="Ray cluster address; default: start a local one")]
-Progress = Annotated[bool, typer.Option(help="show progress on stderr (a bar on a terminal, a line every 30 s in logs)")]
+Progress = Annotated[
+    bool,
+    typer.Option(help="show progress on stderr (a bar on a terminal; in logs a line every 30 s, a heartbeat at least every 60 s: TFNAS_HEARTBEAT_S)"),
+]
 RetryFailed = Annotated[bool, typer.Option(help="rescore the architectures that an earlier run recorded as failed")]
 Protocol = Annotated[
     str,
@@ -249,7 +255,10 @@ def score(
     progress: Progress = True,
     retry_failed: RetryFailed = False,
 ) -> None:
-    """Score architectures with training-free metrics on a Ray cluster, in resumable shards."""
+    """Score architectures with training-free metrics on a Ray cluster, in resumable shards.
+
+    Ctrl-C or SIGTERM stops the run with its finished shards saved (exit 1, or 143 on
+    SIGTERM); the same command resumes it."""
     from tfnas_ray import tables
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
@@ -800,16 +809,25 @@ def train(
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning domain errors into one line."""
+    """Console-script entry point: run the app, turning domain errors into one line.
+    SIGTERM unwinds like Ctrl-C (saved work kept, resume line printed, lease released)
+    and then exits 143, whatever the command's own exit code was."""
+    from tfnas_ray import termination
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    termination.install()
     try:
         app()
     except TfnasError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(exit_code(err))
+        sys.exit(termination.EXIT_CODE if termination.received() else exit_code(err))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(termination.EXIT_CODE if termination.received() else 130)
+    except SystemExit:
+        if termination.received():
+            sys.exit(termination.EXIT_CODE)
+        raise
 
 
 if __name__ == "__main__":

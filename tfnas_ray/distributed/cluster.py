@@ -25,21 +25,24 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    from tfnas_ray import termination
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
     try:
-        if address is None:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        with termination.keep_handler():  # ray.init replaces the CLI's SIGTERM handler
+            if address is None:
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise TfnasError(f"cannot connect to Ray at {address!r}: {err}".splitlines()[0]) from None
 

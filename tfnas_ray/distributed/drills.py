@@ -54,7 +54,10 @@ class Drill:
         attempts = int(marker.read_text()) if marker.exists() else 0
         if attempts >= times:
             return False
-        marker.write_text(str(attempts + 1))
+        # Atomically: a scorer SIGKILLed mid-write (the chaos test) leaves no empty count.
+        partial = marker.with_name(f".{marker.name}.{os.getpid()}")
+        partial.write_text(str(attempts + 1))
+        os.replace(partial, marker)
         return True
 
     def before_architecture(self, arch_id: str, node_id: str) -> None:

@@ -163,7 +163,8 @@ class Scheduler:
                 self._dispatch()
                 if not self.in_flight and not self.starting:
                     raise TfnasError("every scorer died and none could be started again; see the Ray logs")
-                ready, _ = ray.wait([*self.in_flight, *self.starting], num_returns=1, timeout=self._wait_timeout())
+                ready, _ = ray.wait([*self.in_flight, *self.starting], num_returns=1, timeout=_soonest(self._wait_timeout(), self._progress.seconds_to_tick()))
+                self._progress.tick()  # per-architecture reports, heartbeats in logs
                 if not ready:
                     self._check_placement()
                 for ref in ready:
@@ -349,7 +350,9 @@ class Scheduler:
         results = self._results[shard.shard_id]
         for position in positions:
             results[position] = by_arch[shard.arch_ids[position]]
-        self._progress.advance(len(positions))
+        for position in positions:  # counted once, also when a scorer reported it already
+            seconds = [row["seconds"] for row in by_arch[shard.arch_ids[position]] if row["seconds"] is not None]
+            self._progress.finished(shard.arch_ids[position], sum(seconds) if seconds else None)
         self._summary.scored += len(positions)
         if len(results) < len(shard.arch_ids):
             return
@@ -362,6 +365,12 @@ class Scheduler:
             self._summary.shards_written_by_scorers += 1
         else:
             tables.write_table("scores", tables.from_rows("scores", ordered), self._out.child(shard.filename))
+
+
+def _soonest(*timeouts: float | None) -> float | None:
+    """The smallest of the timeouts given (None: no timeout)."""
+    given = [t for t in timeouts if t is not None]
+    return min(given) if given else None
 
 
 def _has_process(actor) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Mapping
 
 from tfnas_ray import tables
@@ -38,7 +39,7 @@ def scorer_class():
     class ScorerActor:
         """Scores architectures on one device (a GPU Ray assigned it, or the CPU)."""
 
-        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any]):
+        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any], reports: Any = None):
             import torch
 
             from tfnas_ray.metrics.scoring import pick_threads
@@ -67,6 +68,7 @@ def scorer_class():
             self._batch_options = dict(batch_options)
             self._model_options = dict(model_options)
             self._batches: dict[str, Any] = {}  # space -> metric minibatch, built once
+            self._reports = reports  # progress.ArchReports: told of each finished architecture
 
         def describe(self) -> dict:
             return {"device": self._label, "gpu_ids": self._gpu_ids, "pid": os.getpid(), "node": self._node, "problem": self._problem}
@@ -85,14 +87,17 @@ def scorer_class():
             load_metrics()  # fills the metric and batch registries in this process
             rows, out_of_memory = [], []
             for arch_id, space, spec, seed in items:
-                self._drill.before_architecture(arch_id, self._node)
                 if space not in self._batches:
                     self._batches[space] = BATCHES.get(space)(self._batch_options)
+                started = time.perf_counter()  # the batch, built once per space, is not the arch's cost
+                self._drill.before_architecture(arch_id, self._node)
                 scored = self._score_one(arch_id, space, spec, metrics, seed)
                 if scored is None:
                     out_of_memory.append(arch_id)
                 else:
                     rows += scored
+                    if self._reports is not None:  # fire and forget: progress, not results
+                        self._reports.done.remote(arch_id, time.perf_counter() - started)
             reply = {"rows": rows, "out_of_memory": out_of_memory, "written": False, "write_error": None}
             if destination is not None and not out_of_memory:
                 try:

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 from tfnas_ray import plans, tables
 from tfnas_ray.distributed import drills
-from tfnas_ray.distributed.progress import Progress
+from tfnas_ray.distributed.cost import cheaper_settings
+from tfnas_ray.distributed.progress import Progress, start_reports
 from tfnas_ray.distributed.scheduler import Scheduler, Work
 from tfnas_ray.distributed.scorer import scorer_class
 from tfnas_ray.errors import TfnasError
@@ -391,16 +392,21 @@ def run_scoring(
         summary.shards_retried = len(retried)
         summary.shards_skipped -= len(retried)
 
-    bar = Progress(sum(len(w.positions) for w in work), enabled=progress)
+    bar = Progress(
+        sum(len(w.positions) for w in work), enabled=progress, note=log,
+        cheaper=cheaper_settings(sorted(set(archs.column("space").to_pylist())), config.batch_options),
+    )
     if work:
         pool = _actor_plan(config, len(work))
+        reports = start_reports()  # each scorer tells it of every architecture it finishes
+        bar.attach(reports, scorers=pool.count)
         options: dict[str, Any] = {"max_restarts": 0, **pool.resources}  # the scheduler replaces dead scorers
         if drills.forward_env():
             options["runtime_env"] = {"env_vars": drills.forward_env()}
         scheduler = Scheduler(
             pool=pool,
             actor_class=scorer_class().options(**options),
-            actor_args=(pool.kind, dict(config.batch_options), dict(config.model_options)),
+            actor_args=(pool.kind, dict(config.batch_options), dict(config.model_options), reports),
             config=config,
             out=out,
             summary=summary,
@@ -416,6 +422,11 @@ def run_scoring(
                 f"interrupted: {saved} of {len(shards)} shards are saved in {out.url}; "
                 "run the same command again to resume"
             ) from None
+        finally:
+            if reports is not None:
+                import ray
+
+                ray.kill(reports, no_restart=True)
     bar.close()
     summary.seconds = time.perf_counter() - started
     summary.table = tables.read_tables("scores", [out.child(s.filename) for s in shards])

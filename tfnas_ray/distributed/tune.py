@@ -5,7 +5,9 @@ arch ids), each a short training run of `tfnas_ray.training` with a stated budge
 Every iteration reports its losses (`ray.tune.report`) with a checkpoint of the whole
 run, so rerunning the same command after the driver was killed calls `Tuner.restore`
 and continues every unfinished trial from its last checkpoint; finished trials are
-not run again. A trial whose loss turns NaN/inf stops itself and is recorded as
+not run again. `Tuner.restore` unpickles Tune's tuner.pkl, so it is called only for an
+experiment this user's tfnas wrote with the same versions (`check_restorable`; restore
+only from storage the user owns). A trial whose loss turns NaN/inf stops itself and is recorded as
 diverged, with its curve so far — it ends normally, so Tune never retries it.
 
 The results become rows of the `truth` table: `val_loss@<budget>` and
@@ -22,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import math
 import os
@@ -42,6 +46,11 @@ from tfnas_ray.training.lm import Budget, LMTrainer, TrainConfig
 SCHEDULERS = ("fifo", "asha")
 EXPERIMENT_NAME = "train"
 MANIFEST = "train_manifest.json"  # what the experiment in an out dir was started with
+# Beside Tune's tuner.pkl: who wrote it, with which tfnas and Ray, and its SHA-256.
+# `Tuner.restore` unpickles tuner.pkl (unpickling runs code), so a rerun restores only
+# an experiment this record vouches for (`check_restorable`).
+ORIGIN = "tfnas-origin.json"
+TUNER_PKL = "tuner.pkl"  # Tune's name (ray.tune.impl.tuner_internal._TUNER_PKL)
 CHECKPOINT_FILE = "trainer.pt"
 
 # The default budget where the cluster has no GPU: a width shrunk from the published
@@ -275,6 +284,78 @@ def _check_manifest(out_dir: Location, manifest: dict[str, Any], experiment: str
         path.write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return f"uid {os.getuid()}"
+
+
+def _versions() -> dict[str, str]:
+    import ray
+
+    from tfnas_ray import __version__
+
+    return {"tfnas": __version__, "ray": ray.__version__}
+
+
+def record_origin(experiment: str | Location) -> None:
+    """Write `ORIGIN` beside the tuner.pkl Tune has just written in `experiment`: the
+    user, the tfnas and Ray versions, and the file's SHA-256."""
+    where = locate(experiment)
+    digest = hashlib.sha256(where.child(TUNER_PKL).read_bytes()).hexdigest()
+    record = {"user": _user(), **_versions(), "tuner_pkl_sha256": digest}
+    where.child(ORIGIN).write_bytes(json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+def check_restorable(experiment: str | Location) -> None:
+    """Refuse to restore the Tune experiment in `experiment` unless this user's tfnas
+    wrote it with the same tfnas and Ray versions, and its tuner.pkl is unchanged since:
+    `Tuner.restore` unpickles that file, and a pickle runs code. Read before anything
+    there is unpickled; a directory without tuner.pkl passes (nothing to restore).
+
+    What can be told is checked: the `ORIGIN` record (user, versions, SHA-256 of
+    tuner.pkl) and, on a local or shared file system, that the user owns both files.
+    Someone who may write the storage can forge the record; restore only from storage
+    the user owns (README, "Faults, safety and exit codes").
+
+    Raises:
+        TfnasError: one line naming what does not match, and how to start afresh.
+    """
+    where = locate(experiment)
+    pkl = where.child(TUNER_PKL)
+    if not pkl.exists():
+        return
+    fresh = f"delete {where.url} to train afresh, or use another --out"
+    origin = where.child(ORIGIN)
+    if not origin.exists():
+        raise TfnasError(
+            f"refusing to restore {pkl.url}: no {ORIGIN} says this user's tfnas wrote it, and restoring "
+            f"unpickles it (runs code); {fresh}"
+        )
+    problems = []
+    if where.is_local:
+        for item in (pkl, origin):
+            owner = os.stat(item.path).st_uid
+            if owner != os.getuid():
+                problems.append(f"{item.name} is owned by uid {owner}, not {os.getuid()}")
+    try:
+        record = json.loads(origin.read_bytes())
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+    except ValueError as err:
+        raise TfnasError(f"refusing to restore {pkl.url}: {origin.url} is not a JSON record ({err}); {fresh}") from None
+    if record.get("user") != _user():
+        problems.append(f"written by user {record.get('user')!r}, this is {_user()!r}")
+    for name, version in _versions().items():
+        if record.get(name) != version:
+            problems.append(f"written by {name} {record.get(name)}, this is {name} {version}")
+    if not problems and record.get("tuner_pkl_sha256") != hashlib.sha256(pkl.read_bytes()).hexdigest():
+        problems.append(f"{TUNER_PKL} changed since tfnas wrote it (its SHA-256 differs from {ORIGIN}'s)")
+    if problems:
+        raise TfnasError(f"refusing to restore {pkl.url}: {'; '.join(problems)}; {fresh}")
+
+
 # What Tune says when a restored trial's checkpoint was deleted (see train_architectures).
 _LOST_CHECKPOINT = "does not exist on storage anymore"
 
@@ -324,6 +405,7 @@ def train_architectures(
         "scheduler": options.scheduler,
     }
     _check_manifest(out_dir, manifest, experiment)
+    check_restorable(experiment)  # before Tune unpickles anything there
 
     connect(address)
     # With one checkpoint kept per trial, Tune snapshots the experiment after every trial
@@ -374,6 +456,7 @@ def train_architectures(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
+        record_origin(experiment)  # Tuner() has written tuner.pkl
     log(f"training {len(items)} architectures: {train.describe()}; {gpus:g} GPU and {options.cpus_per_trial:g} CPU per trial")
     results = tuner.fit()
     lost = [r for r in results if r.error is not None and _LOST_CHECKPOINT in str(r.error)]
