@@ -207,13 +207,14 @@ def sample(
     seed: Annotated[int, typer.Option(help="seed of the generator")] = 0,
     out: Annotated[str, typer.Option(help="archs table to write (.parquet; a path or a URL)")] = "archs.parquet",
 ) -> None:
-    """Draw N architectures from a space's own distribution into an archs table."""
+    """Draw N distinct architectures from a space's own distribution into an archs
+    table (a repeat is drawn again; a space that cannot give N says how many it could)."""
     from tfnas_ray import tables
     from tfnas_ray.pipeline import sample_archs
 
     table = sample_archs(space, n, seed=seed)
     tables.write_table("archs", table, out)
-    typer.echo(f"wrote {table.num_rows} {space} architectures to {out}")
+    typer.echo(f"wrote {table.num_rows} distinct {space} architectures to {out}")
 
 
 @app.command()
