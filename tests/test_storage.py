@@ -304,3 +304,29 @@ def test_manifests_of_earlier_versions_are_read_and_renamed_out_of_the_readers_w
     )
     assert [p.plan_id for p in plans.plans_in(out)] == ["0123456789abcdef", newer.plan_id]
     assert plans.studies_in(out) == [("0123456789abcdef",)]
+
+
+def test_an_output_location_is_parsed_once_where_it_enters(ray_cluster, tmp_path, monkeypatch):
+    """`score_table` parses `--out` once and hands a Location down (lease, plans,
+    scoring, tables); on 5a94169 the same URL was parsed again at every step."""
+    import sys as _sys
+
+    from tfnas_ray import pipeline, storage
+
+    archs = tmp_path / "archs.parquet"
+    tables.write_table("archs", get_benchmark("nb-nlp-ptb").load()[0].slice(0, 2), archs)
+    out = f"file://{tmp_path}/scores"
+    parsed = []
+    real = storage.locate
+
+    def counting(where):
+        if not isinstance(where, storage.Location):
+            parsed.append(str(where))
+        return real(where)
+
+    for module in [m for name, m in list(_sys.modules.items()) if name.startswith("tfnas_ray")]:
+        if getattr(module, "locate", None) is real:
+            monkeypatch.setattr(module, "locate", counting)
+    summary = pipeline.score_table(archs, out, ScoreConfig(metrics=("params",)), progress=False, log=print)
+    assert summary.table.num_rows == 2
+    assert [p for p in parsed if p.startswith(out)] == [out]

@@ -390,7 +390,7 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
 @leased("out_dir")  # one driver per output directory
 def run_scoring(
     archs: pa.Table,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | Location,
     config: ScoreConfig,
     *,
     progress: bool = True,
@@ -407,7 +407,7 @@ def run_scoring(
         TfnasError: another run holds the lease of `out_dir` (see `tfnas_ray.lease`).
         ScoringInterrupted: on Ctrl-C, after saying how much was saved.
     """
-    out = locate(out_dir)
+    out = locate(out_dir)  # a Location passes through: `pipeline` parsed it where it entered
     out.make_dirs()
     started = time.perf_counter()
     shards = plan_shards(archs, config)
