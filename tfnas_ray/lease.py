@@ -54,7 +54,6 @@ from tfnas_ray.storage import Location, locate
 LEASE_NAME = ".tfnas-lease.json"
 TAKEOVER_PREFIX = ".tfnas-lease.takeover-"  # + digest of the stale record being taken over
 UNREADABLE_PREFIX = ".tfnas-lease.unreadable-"  # an empty or unreadable lease, set aside
-_PROBE_PREFIX = ".tfnas-lease.probe-"  # an empty file whose modification time is the storage's "now"
 HEARTBEAT_S = 10.0  # how often the holder renews its heartbeat
 STALE_AFTER_S = 90.0  # no heartbeat for this long (by the storage's clock): the holder is dead
 _SETTLE_S = 0.5  # object stores: how long a taker waits before reading its lease back
@@ -167,24 +166,19 @@ class Lease:
         return f"{record.get('owner')}@{record.get('host')} pid {record.get('pid')} (`{record.get('command')}`, started {started})"
 
     def _storage_age(self) -> float | None:
-        """Seconds since the lease was last written, by the storage's own clock: the
-        modification time of an empty probe file written now minus the lease's. None
-        when the storage keeps no modification times (or the lease is gone)."""
-        probe = self.directory.child(f"{_PROBE_PREFIX}{self._token}")
+        """Seconds since the lease was last written, by the storage's own clock
+        (`Location.storage_now` minus the lease's modification time). None when the
+        storage keeps no modification times (or the lease is gone)."""
         try:
-            probe.write_bytes(b"")  # empty: a full disk still takes it
-        except TfnasError:
-            return None
-        try:
-            infos = self.file.filesystem.get_file_info([self.file.path, probe.path])
+            written = self.file.filesystem.get_file_info(self.file.path)
         except OSError:
             return None
-        finally:
-            self.directory.discard(probe.path)
-        lease_info, probe_info = infos
-        if lease_info.type == pafs.FileType.NotFound or lease_info.mtime is None or probe_info.mtime is None:
+        if written.type == pafs.FileType.NotFound or written.mtime is None:
             return None
-        return max(0.0, (probe_info.mtime - lease_info.mtime).total_seconds())
+        now = self.directory.storage_now()  # after the lease's time was read: never earlier
+        if now is None:
+            return None
+        return max(0.0, (now - written.mtime).total_seconds())
 
     def _watch(self, raw: bytes) -> float:
         """Without modification times: watch the lease for `stale_after` seconds of this
