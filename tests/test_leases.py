@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -197,3 +198,23 @@ def test_after_a_dead_run_on_this_host_every_temporary_goes(tmp_path):
     with lease.hold(tmp_path, log=_quiet):
         scoring.resume_state(locate(tmp_path), [], [], log=_quiet)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_without_modification_times_a_taker_watches_the_heartbeat_on_its_own_clock():
+    """fsspec's memory file system keeps no modification times: a taker watches the
+    lease's heartbeat counter for `stale_after` seconds of its monotonic clock."""
+    where = locate(f"memory://lease-watch-{os.getpid()}/out")
+    holder = lease.Lease(where, log=_quiet, heartbeat=0.05, stale_after=0.5).acquire()
+    said = []
+    try:
+        with pytest.raises(TfnasError, match=r"is in use by another run: .* heartbeat 0 s ago"):
+            lease.Lease(where, log=said.append, stale_after=0.5).acquire()  # its counter moved: alive
+    finally:
+        holder._stop.set()  # the holder hangs: its lease stays, its heartbeat stops
+        holder._thread.join()
+    assert said == [f"{where.url}: the storage keeps no modification times; watching the lease's heartbeat for 0.5 s"]
+    started = time.monotonic()
+    taker = lease.Lease(where, log=said.append, stale_after=0.5).acquire()
+    assert time.monotonic() - started >= 0.5
+    assert re.match(rf"taking over the lease of {re.escape(where.url)} from a run that stopped renewing it [01] s ago", said[-1]), said
+    taker.release()
