@@ -80,6 +80,6 @@ def test_a_stability_study_directory_opens_too(ray_cluster, tmp_path):
 
     archs = get_benchmark("nb-nlp-ptb").load()[0].slice(0, 2)
     summary = run_repeated_scoring(archs, tmp_path, ScoreConfig(metrics=("params",)), Repeats(init_seeds=2), progress=False, log=print)
-    assert sum(1 for p in tmp_path.iterdir() if p.name.startswith("_")) == 3  # two plans, one study
     assert ds.dataset(tmp_path, format="parquet").count_rows() == summary.table.num_rows == 4
     assert len(pd.read_parquet(tmp_path)) == 4
+    assert sum(1 for p in tmp_path.iterdir() if p.name.startswith("_")) == 3  # two plans, one study
