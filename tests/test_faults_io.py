@@ -271,13 +271,16 @@ def test_a_failed_local_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pat
 
 
 def _plant_lease(directory: Path, *, age_s: float) -> dict:
-    """A lease as another run on another host would hold it, last renewed `age_s` ago."""
+    """A lease as another run on another host would hold it, last renewed `age_s` ago
+    (by the storage's clock: the file's modification time)."""
     record = {
-        "token": "0" * 32, "owner": "alice", "host": "node-7", "pid": 4242,
+        "token": "0" * 32, "owner": "alice", "host": "node-7", "pid": 4242, "beat": 5,
         "command": "tfnas score archs.parquet -m params", "started": time.time() - age_s - 60, "heartbeat": time.time() - age_s,
     }
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / lease.LEASE_NAME).write_text(json.dumps(record))
+    path = directory / lease.LEASE_NAME
+    path.write_text(json.dumps(record))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
     return record
 
 
@@ -291,7 +294,9 @@ def test_a_second_driver_on_one_out_stops_naming_the_first(ray_cluster, archs, t
 
 def test_a_stale_lease_is_taken_over_and_the_run_completes(ray_cluster, archs, undisturbed, tmp_path):
     _plant_lease(tmp_path, age_s=lease.STALE_AFTER_S + 5)
-    (tmp_path / ".shard-0123.parquet.abcd.tmp").write_bytes(b"half a shard of the dead run")
+    dead_write = tmp_path / ".shard-0123.parquet.abcd.tmp"
+    dead_write.write_bytes(b"half a shard of the dead run")
+    os.utime(dead_write, (time.time() - lease.STALE_AFTER_S - 5, time.time() - lease.STALE_AFTER_S - 5))  # it died with its run
     logged = []
     summary = run_scoring(archs, tmp_path, CONFIG, progress=False, log=logged.append)
     assert any(line.startswith(f"taking over the lease of {tmp_path} from a run that stopped renewing it") for line in logged), logged
@@ -329,13 +334,30 @@ def test_two_live_drivers_one_wins(ray_cluster, archs, undisturbed, tmp_path):
 
 def test_lease_is_exclusive_and_released(tmp_path):
     where = locate(tmp_path)
-    with lease.hold(where, log=_quiet) as held:
+    with lease.hold(where, log=_quiet):
         record = json.loads((tmp_path / lease.LEASE_NAME).read_text())
-        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname() and record["heartbeat"] <= time.time()
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname() and record["beat"] == 1
         with pytest.raises(TfnasError, match=r"is in use by another run: .* pid %d " % os.getpid()):
             lease.Lease(where, log=_quiet).acquire()
-        assert not held.lost
+    assert not (tmp_path / lease.LEASE_NAME).exists()
     lease.Lease(where, log=_quiet).acquire().release()  # free again
+
+
+def test_a_refused_run_leaves_the_holders_lease_renewed_and_its_own(tmp_path):
+    """The holder keeps renewing (its counter advances) after a second run was refused,
+    and keeps the lease: `lost` is read after heartbeats that could have set it."""
+    held = lease.Lease(locate(tmp_path), log=_quiet, heartbeat=0.05).acquire()
+    try:
+        with pytest.raises(TfnasError, match="is in use by another run"):
+            lease.Lease(locate(tmp_path), log=_quiet).acquire()
+        deadline = time.monotonic() + 5
+        while json.loads((tmp_path / lease.LEASE_NAME).read_text())["beat"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert json.loads((tmp_path / lease.LEASE_NAME).read_text())["beat"] >= 4
+        assert not held.lost
+        held.check()
+    finally:
+        held.release()
 
 
 def test_the_lease_of_a_killed_driver_on_this_host_is_free_at_once(tmp_path):

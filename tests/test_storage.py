@@ -164,3 +164,169 @@ def test_scorers_write_their_shards_to_s3_from_their_own_nodes(s3_bucket, ptb_ar
     assert scores.num_rows == 6 and scores.column("error").null_count == 6
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "3 shards already done" in again.stdout, again.stdout + again.stderr[-2000:]
+
+
+# ---- issue 18, row 7: transient read errors, quarantined shards, the plan run last -------------
+
+
+class _FlakyHandler:
+    """A local file system whose first `failures` opens of each shard file fail with an
+    I/O error, as a dropped S3 connection does; pyarrow reaches it through PyFileSystem."""
+
+    def __new__(cls, failures: int):
+        import fsspec
+        import pyarrow.fs as pafs
+
+        class Flaky(pafs.FSSpecHandler):
+            def __init__(self):
+                super().__init__(fsspec.filesystem("file"))
+                self.opens: dict[str, int] = {}
+
+            def _maybe_fail(self, path: str) -> None:
+                if "/shard-" in path:
+                    self.opens[path] = self.opens.get(path, 0) + 1
+                    if self.opens[path] <= failures:
+                        raise OSError(f"When reading information for key '{path}': AWS Error NETWORK_CONNECTION: connection reset")
+
+            def open_input_stream(self, path):
+                self._maybe_fail(path)
+                return super().open_input_stream(path)
+
+            def open_input_file(self, path):
+                self._maybe_fail(path)
+                return super().open_input_file(path)
+
+        return Flaky()
+
+
+def _scored_shard(directory) -> tuple:
+    """One shard of one NAS-Bench-NLP cell's `params`, computed (no Ray), in `directory`."""
+    from tfnas_ray.distributed.scoring import plan_shards
+    from tfnas_ray.metrics import BATCHES, load_metrics
+    from tfnas_ray.metrics.scoring import arch_seed, score_architecture
+
+    load_metrics()
+    archs = get_benchmark("nb-nlp-ptb").load()[0].slice(0, 1)
+    config = ScoreConfig(metrics=("params",))
+    (shard,) = plan_shards(archs, config)
+    rows = score_architecture(
+        arch_id=shard.arch_ids[0], space="nb-nlp", spec=shard.specs[0], metrics=["params"],
+        seed=arch_seed(shard.arch_ids[0], 0, "derived"), batch=BATCHES.get("nb-nlp")({}),
+    )
+    tables.write_table("scores", tables.from_rows("scores", rows), locate(directory).child(shard.filename))
+    return shard, config
+
+
+def _flaky(directory, failures: int):
+    import pyarrow.fs as pafs
+
+    from tfnas_ray.storage import Location
+
+    return Location(pafs.PyFileSystem(_FlakyHandler(failures)), str(directory), f"flaky://{directory}")
+
+
+def test_a_transient_read_error_is_retried_not_called_corrupt(tmp_path, monkeypatch):
+    from tfnas_ray import storage
+    from tfnas_ray.distributed.scoring import resume_state
+
+    monkeypatch.setattr(storage, "READ_BACKOFF_S", 0.01, raising=False)  # raising: also run against 5a94169
+    shard, config = _scored_shard(tmp_path)
+    logged = []
+    state = resume_state(_flaky(tmp_path, failures=3), [shard], list(config.metrics), log=logged.append)
+    assert state.finished == {shard.shard_id} and state.corrupt == 0, logged
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard.filename]  # nothing moved aside
+
+
+def test_a_read_that_keeps_failing_stops_the_run_and_moves_nothing(tmp_path, monkeypatch):
+    from tfnas_ray import storage
+    from tfnas_ray.distributed.scoring import resume_state
+
+    monkeypatch.setattr(storage, "READ_BACKOFF_S", 0.01, raising=False)  # raising: also run against 5a94169
+    shard, config = _scored_shard(tmp_path)
+    with pytest.raises(TfnasError, match=rf"^cannot read flaky://{tmp_path}/{shard.filename} \(4 tries\): When reading .* connection reset$"):
+        resume_state(_flaky(tmp_path, failures=100), [shard], list(config.metrics), log=print)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard.filename]
+
+
+def test_a_quarantined_copy_goes_once_its_shard_is_whole_again(tmp_path):
+    from tfnas_ray.distributed.scoring import resume_state
+
+    shard, config = _scored_shard(tmp_path)
+    (tmp_path / f".{shard.filename}.corrupt-1700000000").write_bytes(b"the truncated shard a run set aside")
+    (tmp_path / ".shard-other.parquet.corrupt-1700000000").write_bytes(b"another shard's, not rewritten")
+    state = resume_state(locate(tmp_path), [shard], list(config.metrics), log=print)
+    assert state.finished == {shard.shard_id}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shard-other.parquet.corrupt-1700000000", shard.filename]
+
+
+def test_a_corrupt_shard_is_recomputed_and_its_quarantined_copy_removed(ray_cluster, tmp_path):
+    archs = get_benchmark("nb-nlp-ptb").load()[0].slice(0, 2)
+    config = ScoreConfig(metrics=("params",), shard_size=1)
+    first = run_scoring(archs, tmp_path, config, progress=False, log=print)
+    victim = sorted(tmp_path.glob("shard-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated mid-file
+    logged = []
+    again = run_scoring(archs, tmp_path, config, progress=False, log=logged.append)
+    assert again.shards_recomputed == 1 and any(f"shard {victim.name} is corrupt" in line for line in logged), logged
+    assert again.table.select(["arch_id", "metric", "value"]).equals(first.table.select(["arch_id", "metric", "value"]))
+    assert not [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_the_plan_read_is_the_one_run_last_not_the_one_created_last(tmp_path):
+    from tfnas_ray import plans
+
+    out = locate(tmp_path)
+    first = plans.write_manifest(out, {"metrics": ["params"], "seed": 0}, ["shard-a.parquet"])
+    second = plans.write_manifest(out, {"metrics": ["params"], "seed": 1}, ["shard-b.parquet"])
+    assert [p.plan_id for p in plans.plans_in(out)] == [first.plan_id, second.plan_id]
+    again = plans.write_manifest(out, {"metrics": ["params"], "seed": 0}, ["shard-a.parquet"])  # the first, rerun
+    assert again.plan_id == first.plan_id and again.created == first.created
+    assert [p.plan_id for p in plans.plans_in(out)] == [second.plan_id, first.plan_id]
+    assert [p.run for p in plans.plans_in(out)] == [2, 3]
+
+
+def test_manifests_of_earlier_versions_are_read_and_renamed_out_of_the_readers_way(tmp_path):
+    """A scores directory of 5a94169: `plan-<id>.json` and `study-<id>.json`."""
+    import json
+
+    from tfnas_ray import plans
+
+    old = {"plan": "0123456789abcdef", "identity": {"metrics": ["params"], "seed": 0}, "shards": ["shard-a.parquet"], "created": 1.0e9}
+    (tmp_path / "plan-0123456789abcdef.json").write_text(json.dumps(old))
+    (tmp_path / "study-fedcba9876543210.json").write_text(json.dumps({"study": "fedcba9876543210", "plans": ["0123456789abcdef"]}))
+    out = locate(tmp_path)
+    (read,) = plans.plans_in(out)
+    assert (read.plan_id, read.shards, read.run) == ("0123456789abcdef", ("shard-a.parquet",), 0)
+    assert plans.studies_in(out) == [("0123456789abcdef",)]
+    newer = plans.write_manifest(out, {"metrics": ["params"], "seed": 1}, ["shard-b.parquet"])  # a run resumes here
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["_plan-0123456789abcdef.json", f"_plan-{newer.plan_id}.json", "_study-fedcba9876543210.json"]
+    )
+    assert [p.plan_id for p in plans.plans_in(out)] == ["0123456789abcdef", newer.plan_id]
+    assert plans.studies_in(out) == [("0123456789abcdef",)]
+
+
+def test_an_output_location_is_parsed_once_where_it_enters(ray_cluster, tmp_path, monkeypatch):
+    """`score_table` parses `--out` once and hands a Location down (lease, plans,
+    scoring, tables); on 5a94169 the same URL was parsed again at every step."""
+    import sys as _sys
+
+    from tfnas_ray import pipeline, storage
+
+    archs = tmp_path / "archs.parquet"
+    tables.write_table("archs", get_benchmark("nb-nlp-ptb").load()[0].slice(0, 2), archs)
+    out = f"file://{tmp_path}/scores"
+    parsed = []
+    real = storage.locate
+
+    def counting(where):
+        if not isinstance(where, storage.Location):
+            parsed.append(str(where))
+        return real(where)
+
+    for module in [m for name, m in list(_sys.modules.items()) if name.startswith("tfnas_ray")]:
+        if getattr(module, "locate", None) is real:
+            monkeypatch.setattr(module, "locate", counting)
+    summary = pipeline.score_table(archs, out, ScoreConfig(metrics=("params",)), progress=False, log=print)
+    assert summary.table.num_rows == 2
+    assert [p for p in parsed if p.startswith(out)] == [out]

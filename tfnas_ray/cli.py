@@ -220,15 +220,16 @@ def sample(
     out: Annotated[str, typer.Option(help="archs table to write (.parquet; a path or a URL)")] = "archs.parquet",
     space_file: SpaceFile = None,
 ) -> None:
-    """Draw N architectures from a space's own distribution into an archs table
-    (hf: N distinct configurations of the --space family)."""
+    """Draw N distinct architectures from a space's own distribution into an archs
+    table (a repeat is drawn again; a space that cannot give N says how many it could;
+    hf: configurations of the --space family)."""
     from tfnas_ray import tables
     from tfnas_ray.pipeline import sample_archs
 
     with checking_input():
         table = sample_archs(space, n, seed=seed, space_file=space_file)
     tables.write_table("archs", table, out)
-    typer.echo(f"wrote {table.num_rows} {space} architectures to {out}")
+    typer.echo(f"wrote {table.num_rows} distinct {space} architectures to {out}")
 
 
 @app.command()

@@ -115,13 +115,15 @@ def score_table(
     """
     from tfnas_ray.distributed.cluster import connect
 
-    archs = check_score_inputs(archs_path, out_dir, config)
-    with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
+    with checking_input():
+        out = check_output(out_dir)  # parsed here, once; passed down as a Location
+    archs = check_score_inputs(archs_path, out, config)
+    with hold(out, log=log):  # a second run on this --out stops before starting Ray
         connect(address)
-        return run_repeated_scoring(archs, out_dir, config, repeats, progress=progress, log=log)
+        return run_repeated_scoring(archs, out, config, repeats, progress=progress, log=log)
 
 
-def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike, config: ScoreConfig) -> pa.Table:
+def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike | Location, config: ScoreConfig) -> pa.Table:
     """Every check of a scoring run that needs no cluster, in order of cost: the
     output location, the archs table and its specs, the metrics for its spaces, the
     metric batch options. Returns the archs table.
@@ -142,7 +144,7 @@ def check_score_inputs(archs_path: str | os.PathLike, out_dir: str | os.PathLike
     return archs
 
 
-def check_output(where: str | os.PathLike) -> Location:
+def check_output(where: str | os.PathLike | Location) -> Location:
     """The location of an output directory: a known scheme, and not an existing file."""
     import pyarrow.fs as pafs
 

@@ -1,12 +1,16 @@
 """Which shards of a scores directory belong together: one manifest per scoring plan.
 
-A scoring run writes `plan-<id>.json` into its output directory before it scores: the
+A scoring run writes `_plan-<id>.json` into its output directory before it scores: the
 plan's identity (metrics, seed, seeding, metric batch and model options, each metric's
-implementation version) and the names of its shard files. A directory may hold the
+implementation version), the names of its shard files, and when it was last run (`run`,
+a counter over the directory's plans, and `last_run`, the time). The leading `_` makes
+Arrow, pandas, Spark, DuckDB and polars skip the manifests, so the directory opens as a
+Parquet dataset; manifests named `plan-<id>.json` / `study-<id>.json` by earlier
+versions are still read, and renamed when a run next writes into the directory. A directory may hold the
 shards of several plans (a rerun with another seed, corpus or shard size into the same
 `--out`); readers take the shards of one plan only, never an average over plans:
 
-    read_scores("runs/x/scores")                # the newest plan, saying which and what else is there
+    read_scores("runs/x/scores")                # the plan run last, saying which and what else is there
     read_scores("runs/x/scores", plan="3fa2…")  # a chosen one
 
 A directory without any manifest (written before manifests existed, or by hand) is
@@ -32,9 +36,23 @@ from tfnas_ray import tables
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.storage import Location, locate
 
-PREFIX = "plan-"
-STUDY_PREFIX = "study-"
+PREFIX = "_plan-"
+STUDY_PREFIX = "_study-"
+OLD_PREFIXES = {"plan-": PREFIX, "study-": STUDY_PREFIX}  # names of earlier versions, still read
 SUFFIX = ".json"
+
+
+def _kind(name: str) -> str | None:
+    """PREFIX or STUDY_PREFIX for a manifest's file name (new or old), else None."""
+    if not name.endswith(SUFFIX):
+        return None
+    for prefix in (PREFIX, STUDY_PREFIX):
+        if name.startswith(prefix):
+            return prefix
+    for old, prefix in OLD_PREFIXES.items():
+        if name.startswith(old):
+            return prefix
+    return None
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,8 @@ class Plan:
     identity: Mapping[str, Any]  # metrics, seed, seeding, batch, model, versions
     shards: tuple[str, ...]  # shard file names, in plan order
     created: float  # seconds since the epoch when the run that wrote it started
+    run: int = 0  # which run of the directory ran it last (1, 2, …; 0: never recorded)
+    last_run: float | None = None  # seconds since the epoch when it was last run
 
     def describe(self) -> str:
         ident = self.identity
@@ -60,13 +80,36 @@ def plan_id(identity: Mapping[str, Any], shard_names: Sequence[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _migrate(out: Location) -> None:
+    """Rename the manifests of earlier versions (`plan-*.json`, `study-*.json`) to the
+    names dataset readers skip (the caller holds the directory's lease)."""
+    for file in out.files(SUFFIX):
+        for old, prefix in OLD_PREFIXES.items():
+            if file.name.startswith(old):
+                target = out.child(prefix + file.name[len(old) :])
+                if not target.exists():
+                    target.write_bytes(file.read_bytes())
+                out.discard(file.path)
+
+
 def write_manifest(out: Location, identity: Mapping[str, Any], shard_names: Sequence[str]) -> Plan:
-    """Record the plan in `out` (once: a rerun of the same plan finds it there)."""
-    plan = Plan(plan_id(identity, shard_names), dict(identity), tuple(shard_names), time.time())
-    where = out.child(f"{PREFIX}{plan.plan_id}{SUFFIX}")
-    if not where.exists():
-        body = {"plan": plan.plan_id, "identity": plan.identity, "shards": list(plan.shards), "created": plan.created}
-        where.write_bytes(json.dumps(body, indent=1, sort_keys=True).encode())
+    """Record the plan in `out` and that it is being run now: a rerun of the same plan
+    keeps its manifest and `created`, and becomes the directory's plan run last."""
+    _migrate(out)
+    known = plans_in(out)
+    pid = plan_id(identity, shard_names)
+    before = next((p for p in known if p.plan_id == pid), None)
+    plan = Plan(
+        pid, dict(identity), tuple(shard_names),
+        created=before.created if before else time.time(),
+        run=max((p.run for p in known), default=0) + 1,
+        last_run=time.time(),
+    )
+    body = {
+        "plan": plan.plan_id, "identity": plan.identity, "shards": list(plan.shards),
+        "created": plan.created, "run": plan.run, "last_run": plan.last_run,
+    }
+    out.child(f"{PREFIX}{plan.plan_id}{SUFFIX}").write_bytes(json.dumps(body, indent=1, sort_keys=True).encode())
     return plan
 
 
@@ -74,7 +117,7 @@ def write_study(out: Location, plan_ids: Sequence[str]) -> str:
     """Record that `plan_ids` are the (seed, minibatch) runs of one stability study."""
     study = hashlib.sha256(json.dumps(sorted(plan_ids)).encode()).hexdigest()[:16]
     where = out.child(f"{STUDY_PREFIX}{study}{SUFFIX}")
-    if not where.exists():
+    if not where.exists() and not out.child(f"study-{study}{SUFFIX}").exists():
         where.write_bytes(json.dumps({"study": study, "plans": list(plan_ids)}, indent=1).encode())
     return study
 
@@ -83,7 +126,7 @@ def studies_in(directory: Location) -> list[tuple[str, ...]]:
     """The plan ids of every stability study recorded in `directory`."""
     found = []
     for file in directory.files(SUFFIX):
-        if not file.name.startswith(STUDY_PREFIX):
+        if _kind(file.name) != STUDY_PREFIX:
             continue
         try:
             found.append(tuple(str(p) for p in json.loads(file.read_bytes())["plans"]))
@@ -93,23 +136,30 @@ def studies_in(directory: Location) -> list[tuple[str, ...]]:
 
 
 def plans_in(directory: Location) -> list[Plan]:
-    """Every plan whose manifest is in `directory`, oldest first."""
-    found = []
+    """Every plan whose manifest is in `directory`, the one run last at the end
+    (manifests of earlier versions, which record no run, by creation)."""
+    found: dict[str, Plan] = {}
     for file in directory.files(SUFFIX):
-        if not file.name.startswith(PREFIX):
+        if _kind(file.name) != PREFIX:
             continue
         try:
             body = json.loads(file.read_bytes())
-            found.append(Plan(str(body["plan"]), body["identity"], tuple(body["shards"]), float(body["created"])))
-        except (ValueError, KeyError, TypeError) as err:
+            last_run = body.get("last_run")
+            plan = Plan(
+                str(body["plan"]), body["identity"], tuple(body["shards"]), float(body["created"]),
+                run=int(body.get("run", 0)), last_run=None if last_run is None else float(last_run),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise TfnasError(f"{file.url} is not a plan manifest ({type(err).__name__}: {err})".splitlines()[0]) from None
-    return sorted(found, key=lambda p: (p.created, p.plan_id))
+        if plan.plan_id not in found or plan.run > found[plan.plan_id].run:  # old and new name of one plan
+            found[plan.plan_id] = plan
+    return sorted(found.values(), key=lambda p: (p.run, p.created, p.plan_id))
 
 
 def read_scores(path: str | os.PathLike | Location, *, plan: str | None = None, log: Callable[[str], None] = print) -> pa.Table:
     """The scores table at `path`: a Parquet file, or a directory of shards of which
     only one plan's are read (`plan`, a plan id or a unique prefix of one; default the
-    newest), saying so in `log` when the directory holds others.
+    plan run last), saying so in `log` when the directory holds others.
 
     Raises:
         TfnasError: what `tables.read_table` raises; an unknown `plan`; none of the
@@ -134,7 +184,7 @@ def read_scores(path: str | os.PathLike | Location, *, plan: str | None = None, 
             raise TfnasError(f"--plan {plan!r} {'matches no' if not matches else 'matches several'} plan of {where.url}; its plans: {known}")
         chosen = matches[0]
     group = [chosen]
-    if plan is None:  # the newest plan of a stability study brings its sibling runs
+    if plan is None:  # the plan run last, of a stability study, brings its sibling runs
         for study in studies_in(where):
             if chosen.plan_id in study:
                 group = [p for p in plans if p.plan_id in study]

@@ -14,19 +14,27 @@ too: an upload stream interrupted by an exception or Ctrl-C is completed by its 
 with whatever was written so far; that partial object lands on the temporary key, which
 is deleted, and the real key is never touched. Temporaries of a killed writer are
 hidden (readers skip names that start with a dot) and `clean_temporaries` removes them.
+
+Reads are retried: a read that fails (a dropped connection, a throttled request, an NFS
+hiccup) is tried `READ_TRIES` times in all, with growing pauses, before it counts as
+failed, so that a transient error is not taken for a missing or corrupt file.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tfnas_ray.errors import TfnasError
+
+T = TypeVar("T")
 
 # Object stores: the same place from every node (given credentials there); they have
 # no directories to create before writing.
@@ -36,6 +44,24 @@ _OBJECT_STORES = tuple(
 
 
 TEMPORARY_SUFFIX = ".tmp"  # `.<name>.<uuid>.tmp`: a write in progress, or one that died
+PROBE_PREFIX = ".tfnas-probe-"  # an empty file whose modification time is the storage's clock now
+READ_TRIES = 4  # a read is tried this often before its error counts
+READ_BACKOFF_S = 0.25  # pause before the 2nd try; doubled before each next one
+
+
+def _retried(what: Callable[[], "T"]) -> "T":
+    """`what()`, tried again after a growing pause when it raises OSError (not
+    FileNotFoundError: a missing file is an answer, not a hiccup)."""
+    for attempt in range(READ_TRIES):
+        try:
+            return what()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == READ_TRIES - 1:
+                raise
+            time.sleep(READ_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -91,20 +117,59 @@ class Location:
                 found.append(Location(self.filesystem, info.path, f"{self.url.rstrip('/')}/{relative}"))
         return sorted(found, key=lambda loc: loc.path)
 
+    def hidden_files(self) -> list["Location"]:
+        """The files directly in this directory whose names start with a dot
+        (temporaries, quarantined shards, the lease), sorted by path."""
+        try:
+            infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except OSError as err:
+            raise TfnasError(f"cannot list {self.url}: {_first_line(err)}") from None
+        return sorted((self.child(i.base_name) for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(".")), key=lambda loc: loc.path)
+
     def make_dirs(self) -> None:
         try:
             self.filesystem.create_dir(self.path, recursive=True)
         except OSError as err:
             raise TfnasError(f"cannot create {self.url}: {_first_line(err)}") from None
 
-    def read_bytes(self) -> bytes:
-        try:
+    def read_bytes(self, *, missing_ok: bool = False) -> bytes | None:
+        """The file's bytes (retried on a transient error, see `READ_TRIES`); None for a
+        missing file with `missing_ok`.
+
+        Raises:
+            TfnasError: the file is missing (without `missing_ok`), or every try failed.
+        """
+
+        def read() -> bytes:
             with self.filesystem.open_input_stream(self.path) as stream:
                 return stream.read()
+
+        try:
+            return _retried(read)
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise TfnasError(f"{self.url} does not exist") from None
         except OSError as err:
-            raise TfnasError(f"cannot read {self.url}: {_first_line(err)}") from None
+            raise TfnasError(f"cannot read {self.url} ({READ_TRIES} tries): {_first_line(err)}") from None
+
+    def storage_now(self) -> datetime.datetime | None:
+        """The storage's own clock now: the modification time of an empty probe file
+        written in this directory (and deleted). None where the storage keeps no
+        modification times or the probe cannot be written. Comparing it with other
+        files' modification times never mixes two hosts' clocks."""
+        probe = self.child(f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            if self.is_local:
+                os.close(os.open(probe.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            else:
+                with self.filesystem.open_output_stream(probe.path):
+                    pass
+            return self.filesystem.get_file_info(probe.path).mtime
+        except OSError:
+            return None
+        finally:
+            self.discard(probe.path)
 
     def write_atomic(self, write: Callable[[pa.NativeFile], None]) -> None:
         """Call `write(stream)` so that readers see either the old file or the whole
@@ -151,15 +216,23 @@ class Location:
         except OSError:
             pass  # best effort while another error propagates; `clean_temporaries` retries
 
-    def clean_temporaries(self) -> int:
+    def clean_temporaries(self, *, older_than: float = 0.0) -> int:
         """Delete the temporaries that killed writers left in this directory (call it
         only while holding the directory's lease: a live writer's temporary looks the
-        same). Returns how many were deleted."""
+        same). With `older_than` > 0, only those the storage last modified more than that
+        many seconds ago (by its own clock, `storage_now`): after taking over the lease
+        of a run that may still be alive, its writes in progress are left alone.
+        Returns how many were deleted."""
         try:
             infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         except OSError as err:
             raise TfnasError(f"cannot list {self.url}: {_first_line(err)}") from None
-        stale = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(".") and i.base_name.endswith(TEMPORARY_SUFFIX)]
+        stale = [i for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(".") and i.base_name.endswith(TEMPORARY_SUFFIX)]
+        if older_than > 0 and stale:
+            now = self.storage_now()
+            # Without the storage's clock no age is known: keep them all (they are hidden).
+            stale = [i for i in stale if now is not None and i.mtime is not None and (now - i.mtime).total_seconds() > older_than]
+        stale = [i.path for i in stale]
         for path in stale:
             self.discard(path)
         return len(stale)
@@ -169,7 +242,11 @@ class Location:
 
     def move_aside(self, suffix: str) -> "Location":
         """Rename this file to a hidden name in the same directory (readers skip it)."""
-        hidden = Location(self.filesystem, f"{self.parent.path}/.{self.name}.{suffix}", f"{self.url}.{suffix}")
+        return self.move_aside_as(f".{self.name}.{suffix}")
+
+    def move_aside_as(self, name: str) -> "Location":
+        """Rename this file to `name` (hidden: it starts with a dot) in the same directory."""
+        hidden = self.parent.child(name)
         try:
             self.filesystem.move(self.path, hidden.path)
         except OSError as err:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from tfnas_ray import plans, tables
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, plan_shards, run_scoring
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.storage import locate
+from tfnas_ray.storage import Location, locate
 
 
 @dataclass(frozen=True)
@@ -50,24 +50,25 @@ class Repeats:
         return out
 
 
-def run_repeated_scoring(archs: pa.Table, out_dir: str | os.PathLike, config: ScoreConfig, repeats: Repeats = Repeats(), *, progress: bool = True, log=print) -> ScoreSummary:
+def run_repeated_scoring(archs: pa.Table, out_dir: str | os.PathLike | Location, config: ScoreConfig, repeats: Repeats = Repeats(), *, progress: bool = True, log=print) -> ScoreSummary:
     """`run_scoring` for every (seed, batch) of `repeats` into `out_dir`; one summary
     whose table holds every row (columns `seed` and `batch` tell them apart)."""
+    out = locate(out_dir)  # a Location from `pipeline` passes through; a path is parsed once here
     configs = repeats.configs(config)
     if len(configs) == 1:
-        return run_scoring(archs, out_dir, config, progress=progress, log=log)
+        return run_scoring(archs, out, config, progress=progress, log=log)
     # Name the study's plans up front, so a reader of the directory takes them together
     # (and an interrupted study is still one study).
     spaces = set(archs.column("space").to_pylist())
     plans.write_study(
-        locate(out_dir),
+        out,
         [plans.plan_id(plan_identity(sub, spaces), [s.filename for s in plan_shards(archs, sub)]) for sub in configs],
     )
     total = ScoreSummary()
     parts = []
     for i, sub in enumerate(configs):
         log(f"scoring run seed {sub.seed}, minibatch {sub.batch_options.get('index', 0)} ({i + 1} of {len(configs)})")
-        summary = run_scoring(archs, out_dir, sub, progress=progress, log=log)
+        summary = run_scoring(archs, out, sub, progress=progress, log=log)
         parts.append(summary.table)
         total.archs = summary.archs
         total.scored += summary.scored
@@ -81,6 +82,6 @@ def run_repeated_scoring(archs: pa.Table, out_dir: str | os.PathLike, config: Sc
         total.seconds += summary.seconds
     # Shards of the other (seed, batch) runs are not stale: only files no run planned are.
     planned = {shard.filename for sub in configs for shard in plan_shards(archs, sub)}
-    total.stale_files = sum(1 for f in locate(out_dir).files(".parquet") if f.name.startswith("shard-") and f.name not in planned)
+    total.stale_files = sum(1 for f in out.files(".parquet") if f.name.startswith("shard-") and f.name not in planned)
     total.table = pa.concat_tables(parts, promote_options="default") if parts else tables.from_rows("scores", [])
     return total

@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple
 from tfnas_ray import tables
 from tfnas_ray.distributed.cluster import GIB
 from tfnas_ray.errors import TfnasError
+from tfnas_ray.lease import check_held
 from tfnas_ray.metrics.scoring import arch_seed
 from tfnas_ray.storage import Location
 
@@ -160,6 +161,7 @@ class Scheduler:
             self._start(slot, patient=self._pool.patient)
         try:
             while self.pending or self.in_flight:
+                check_held()  # another run took this output's lease over: stop before the next shard
                 self._dispatch()
                 if not self.in_flight and not self.starting:
                     raise TfnasError("every scorer died and none could be started again; see the Ray logs")
@@ -364,6 +366,7 @@ class Scheduler:
         if shard.shard_id in self._written_by_scorer:
             self._summary.shards_written_by_scorers += 1
         else:
+            check_held()  # the directory is another run's now: write nothing more into it
             tables.write_table("scores", tables.from_rows("scores", ordered), self._out.child(shard.filename))
 
 

@@ -35,7 +35,7 @@ from tfnas_ray.distributed.progress import Progress, start_reports
 from tfnas_ray.distributed.scheduler import Scheduler, Work
 from tfnas_ray.distributed.scorer import scorer_class
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.lease import leased
+from tfnas_ray.lease import lease_held, leased
 from tfnas_ray.metrics.scoring import SEEDINGS, metric_versions, validate_metrics
 from tfnas_ray.storage import Location, locate
 
@@ -240,21 +240,33 @@ def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
     return shards
 
 
-def check_shard(path: str | os.PathLike | Location, shard: Shard, metrics: Sequence[str]) -> None:
-    """Raise TfnasError saying why a shard file is not a complete shard of `shard`."""
-    where = locate(path)
+class CorruptShard(TfnasError):
+    """A shard file was read whole and is not a complete shard."""
+
+
+def check_shard(where: Location, shard: Shard, metrics: Sequence[str]) -> None:
+    """Raise CorruptShard saying why a shard file is not a complete shard of `shard`.
+
+    The bytes are read first (retried on a transient error, `storage.READ_TRIES`), then
+    parsed: only what was read whole and found wrong is corrupt.
+
+    Raises:
+        CorruptShard: the file is not Parquet, lacks columns, or has other rows.
+        TfnasError: the file could not be read, after every try.
+    """
+    data = where.read_bytes()
     try:
-        table = pq.read_table(where.path, filesystem=where.filesystem)
+        table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as err:
-        raise TfnasError(f"unreadable Parquet ({str(err).splitlines()[0]})") from None
+        raise CorruptShard(f"unreadable Parquet ({str(err).splitlines()[0]})") from None
     try:
         table = tables.conform("scores", table, what=where.url)
     except TfnasError as err:
-        raise TfnasError(str(err)) from None
+        raise CorruptShard(str(err)) from None
     expected = {(a, m) for a in shard.arch_ids for m in metrics}
     found = set(zip(table.column("arch_id").to_pylist(), table.column("metric").to_pylist()))
     if table.num_rows != len(expected) or found != expected:
-        raise TfnasError(f"holds {table.num_rows} rows, expected {len(expected)} (one per arch and metric)")
+        raise CorruptShard(f"holds {table.num_rows} rows, expected {len(expected)} (one per arch and metric)")
 
 
 @dataclass
@@ -274,7 +286,11 @@ def resume_state(out: Location, shards: Sequence[Shard], metrics: Sequence[str],
     shard found there read and checked. A corrupt one is reported and moved aside (to
     a hidden name, which readers skip) so that it is recomputed. Temporaries of writes
     that a killed run left behind are deleted first."""
-    cleaned = out.clean_temporaries()  # of writers killed mid-write (this run holds the lease)
+    # Temporaries of writers killed mid-write (this run holds the lease). After taking over
+    # the lease of a run that may still be alive (paused, cut off), only old ones: its
+    # writes in progress are its own, and it stops before its next shard.
+    held = lease_held(out)
+    cleaned = out.clean_temporaries(older_than=held.stale_after if held is not None and held.predecessor_may_live else 0.0)
     if cleaned:
         log(f"removed {cleaned} temporary file(s) that an interrupted run left in {out.url}")
     existing = {f.name: f for f in out.files(".parquet") if f.name.startswith("shard-")}  # one listing, also on S3
@@ -284,9 +300,9 @@ def resume_state(out: Location, shards: Sequence[Shard], metrics: Sequence[str],
     def problem(shard: Shard) -> str | None:
         try:
             check_shard(existing[shard.filename], shard, metrics)
-        except TfnasError as err:
+        except CorruptShard as err:
             return str(err)
-        return None
+        return None  # a read that failed every try raises: unread is not corrupt
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         problems = list(pool.map(problem, found))
@@ -296,9 +312,27 @@ def resume_state(out: Location, shards: Sequence[Shard], metrics: Sequence[str],
             state.finished.add(shard.shard_id)
             continue
         log(f"shard {shard.filename} is corrupt ({reason}); recomputing it")
-        existing[shard.filename].move_aside(f"corrupt-{int(time.time())}")
+        existing[shard.filename].move_aside(f"{QUARANTINE}{int(time.time())}")
         state.corrupt += 1
+    drop_quarantined(out, [s for s in shards if s.shard_id in state.finished])
     return state
+
+
+QUARANTINE = "corrupt-"  # a corrupt shard moved aside: `.<shard file>.corrupt-<time>`
+
+
+def drop_quarantined(out: Location, shards: Sequence[Shard]) -> int:
+    """Delete the corrupt copies moved aside of `shards`, whose files are whole now.
+    Returns how many were deleted."""
+    names = {f".{s.filename}.{QUARANTINE}" for s in shards}
+    if not names:
+        return 0
+    dropped = 0
+    for hidden in out.hidden_files():
+        if any(hidden.name.startswith(prefix) for prefix in names):
+            out.discard(hidden.path)
+            dropped += 1
+    return dropped
 
 
 class _Pool(NamedTuple):
@@ -357,7 +391,7 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
 @leased("out_dir")  # one driver per output directory
 def run_scoring(
     archs: pa.Table,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | Location,
     config: ScoreConfig,
     *,
     progress: bool = True,
@@ -374,7 +408,7 @@ def run_scoring(
         TfnasError: another run holds the lease of `out_dir` (see `tfnas_ray.lease`).
         ScoringInterrupted: on Ctrl-C, after saying how much was saved.
     """
-    out = locate(out_dir)
+    out = locate(out_dir)  # a Location passes through: `pipeline` parsed it where it entered
     out.make_dirs()
     started = time.perf_counter()
     shards = plan_shards(archs, config)
@@ -430,6 +464,8 @@ def run_scoring(
     bar.close()
     summary.seconds = time.perf_counter() - started
     summary.table = tables.read_tables("scores", [out.child(s.filename) for s in shards])
+    if summary.shards_recomputed:
+        drop_quarantined(out, shards)  # every planned shard was just read whole
     return summary
 
 

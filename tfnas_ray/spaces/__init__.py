@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from tfnas_ray.errors import TfnasError
 from tfnas_ray.registry import Registry
 
 
@@ -29,13 +30,49 @@ class Space(Protocol):
         """
 
     def sample(self, n: int, *, seed: int) -> list[str]:
-        """`n` canonical specs drawn with the space's own distribution, reproducibly."""
+        """`n` distinct canonical specs drawn with the space's own distribution,
+        reproducibly (`draw_distinct`)."""
 
     def build(self, spec: str, **options: Any) -> torch.nn.Module:
         """A freshly initialised model (draws from torch's global generator)."""
 
 
 SPACES: Registry[Space] = Registry("space")
+
+# `draw_distinct` gives up after this many draws per architecture asked for (plus a
+# floor): nb-nlp's generator repeats its small cells often (5,000 draws, seed 3: 3,448
+# distinct), and a space smaller than `n` must end with a message, not loop forever.
+DRAWS_PER_ARCH = 20
+MIN_DRAWS = 1000
+
+
+def draw_distinct(n: int, draw: Callable[[], str], identity: Callable[[str], str], *, space: str, seed: int) -> list[str]:
+    """The first `n` specs of the sequence `draw()` yields whose `identity` (the arch
+    id) was not drawn before, in draw order: so `sample(n)[:m] == sample(m)`.
+
+    Raises:
+        TfnasError: `n` < 0, or fewer than `n` distinct specs within
+            `DRAWS_PER_ARCH * n + MIN_DRAWS` draws; the message says how many were found.
+    """
+    if n < 0:
+        raise TfnasError(f"number of samples must be >= 0, got {n}")
+    limit = DRAWS_PER_ARCH * n + MIN_DRAWS
+    seen: set[str] = set()
+    specs: list[str] = []
+    draws = 0
+    while len(specs) < n:
+        if draws == limit:
+            raise TfnasError(
+                f"{space}: only {len(specs):,} distinct architectures in {draws:,} draws with seed {seed}; "
+                f"asked for {n:,}; ask for at most {len(specs):,} (or another --seed gives others)"
+            )
+        spec = draw()
+        draws += 1
+        key = identity(spec)
+        if key not in seen:
+            seen.add(key)
+            specs.append(spec)
+    return specs
 
 # Modules that register spaces; imported on first use so `import tfnas_ray` stays light.
 _SPACE_MODULES: Sequence[str] = (

@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.spaces import SPACES
+from tfnas_ray.spaces import SPACES, draw_distinct
 from tfnas_ray.spaces.nasbench_bert.config import LayerConfig, NasBertConfig, SearchSpace, published_space
 from tfnas_ray.spaces.nasbench_bert.params import READINGS, count_parameters
 
@@ -38,7 +38,7 @@ class NasBertSpace:
         return self.parse(spec).canonical()
 
     def sample(self, n: int, *, seed: int) -> list[str]:
-        """`n` configs drawn uniformly and independently: hidden size, layer count, and per
+        """`n` distinct configs, each drawn uniformly and independently (a repeat is drawn again): hidden size, layer count, and per
         layer each field (operation type, then its parameter) uniformly from its choices
         (search_space.json). The benchmark's 500 configs fit this: hidden 251/249, layers
         239/261, SA/LT/DSC 503/538/481 of 1,522 layers.
@@ -48,12 +48,10 @@ class NasBertSpace:
             >>> SPACE.sample(2, seed=0) == SPACE.sample(2, seed=0)
             True
         """
-        if n < 0:
-            raise TfnasError(f"n must be >= 0, got {n}")
         space: SearchSpace = published_space()
         rng = random.Random(seed)
-        specs = []
-        for _ in range(n):
+
+        def draw() -> str:
             layers = []
             for _ in range(rng.choice(space.num_encoder_layers)):
                 op = rng.choice(list(space.operations))
@@ -66,9 +64,10 @@ class NasBertSpace:
                         num_feed_forward=rng.choice(space.num_feed_forward),
                     )
                 )
-            config = NasBertConfig(hidden_size=rng.choice(space.hidden_size), encoder_layers=tuple(layers))
-            specs.append(config.canonical())
-        return specs
+            return NasBertConfig(hidden_size=rng.choice(space.hidden_size), encoder_layers=tuple(layers)).canonical()
+
+        # A canonical config is its identity (arch_id is its content hash).
+        return draw_distinct(n, draw, lambda spec: spec, space=self.name, seed=seed)
 
     def build(
         self,

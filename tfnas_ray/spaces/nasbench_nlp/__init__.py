@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfnas_ray.errors import TfnasError
-from tfnas_ray.spaces import SPACES, content_id
+from tfnas_ray.spaces import SPACES, content_id, draw_distinct
 from tfnas_ray.spaces.nasbench_nlp.generator import generate_recipe
 from tfnas_ray.spaces.nasbench_nlp.model import LMConfig, NasBenchNlpLM, count_parameters
 from tfnas_ray.spaces.nasbench_nlp.recipe import Recipe, canonical_spec, identity_form, parse_recipe
@@ -42,10 +42,14 @@ class NasBenchNlpSpace:
         return content_id(self.name, identity_form(parse_recipe(spec)))
 
     def sample(self, n: int, *, seed: int) -> list[str]:
-        if n < 0:
-            raise TfnasError(f"number of samples must be >= 0, got {n}")
+        """`n` distinct cells (by `arch_id`) from NAS-Bench-NLP's generator, in the
+        order drawn from `random.Random(seed)`.
+
+        Raises:
+            TfnasError: n < 0, or the generator repeats itself too often to give n.
+        """
         rng = random.Random(seed)
-        return [self.canonicalize(generate_recipe(rng)) for _ in range(n)]
+        return draw_distinct(n, lambda: self.canonicalize(generate_recipe(rng)), self.arch_id, space=self.name, seed=seed)
 
     def build(self, spec: Any, *, ntoken: int = PTB_VOCABULARY, **config: Any) -> NasBenchNlpLM:
         """The language model for `spec`; `config` overrides `LMConfig` fields."""
