@@ -15,7 +15,10 @@ Scorers are started with `max_restarts=0`: the scheduler starts a replacement it
 so that every death reaches it with Ray's cause attached (a restarting actor only says
 "unavailable"). Work goes to a scorer as soon as it answers; a scorer the cluster cannot
 place within `PLACEMENT_WAIT_S` is given up with the resources it lacked, and the run
-goes on with those placed (or stops if there are none).
+goes on with those placed (or stops if there are none); a slot given up comes back when
+the cluster has room for a scorer again (looked at every `_RETURN_CHECK_S`). Under
+`--wait-for-gpus` every scorer, the replacement of a dead one included, waits for the
+autoscaler as long as the first did.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ MAX_ENVIRONMENT_FAULTS = 10
 # Deaths before a scorer answers its first call, per scorer slot, before the slot is
 # given up (a node that kills every process it starts).
 _MAX_FAILED_STARTS = 3
+# How often the scheduler looks whether the cluster has room again for slots it gave up
+# (a node that joined, other work that finished).
+_RETURN_CHECK_S = 5.0
 
 
 class Fault(NamedTuple):
@@ -144,7 +150,8 @@ class Scheduler:
         # the driver is not held up by uploads; otherwise (and for shards put together
         # from retries) the driver writes.
         self._scorers_write = out.is_object_store
-        self._deadline = time.monotonic() + config.wait_for_gpus if pool.patient else None
+        self.dropped: list[int] = []  # slots given up for lack of room: restarted when room returns
+        self._next_return_check = 0.0
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class Scheduler:
             self._start(slot, patient=self._pool.patient)
         try:
             while self.pending or self.in_flight:
+                self._restart_dropped()
                 self._dispatch()
                 if not self.in_flight and not self.starting:
                     raise TfnasError("every scorer died and none could be started again; see the Ray logs")
@@ -207,8 +215,12 @@ class Scheduler:
             fault = classify(err)
             if fault.kind == "constructor":
                 raise TfnasError(f"a scorer actor failed to start: {fault.cause}") from None
-            if scorer.failed_starts + 1 < _MAX_FAILED_STARTS:
-                self._start(scorer.slot, patient=False, failed_starts=scorer.failed_starts + 1)
+            if fault.kind == "environment" and scorer.patient:
+                # Its node went away while it was starting: wait for the next one, as the
+                # first scorers did; a dying node is not the scorer's failure to start.
+                self._start(scorer.slot, patient=True, failed_starts=scorer.failed_starts)
+            elif scorer.failed_starts + 1 < _MAX_FAILED_STARTS:
+                self._start(scorer.slot, patient=scorer.patient, failed_starts=scorer.failed_starts + 1)
             else:
                 self._log(f"scorer {scorer.slot} died {_MAX_FAILED_STARTS} times before it could start ({fault.cause}); going on without it")
             return
@@ -219,17 +231,36 @@ class Scheduler:
         self.idle.append(scorer)
 
     def _wait_timeout(self) -> float | None:
-        """Seconds until the next placement deadline (None: no scorer is waiting)."""
+        """Seconds until the next placement deadline or look for room (None: no scorer
+        is waiting and no slot is given up)."""
         deadlines = [self._placement_deadline(s) for s in self.starting.values()]
         deadlines = [d for d in deadlines if d is not None]
+        if self.dropped and self.pending:
+            deadlines.append(self._next_return_check)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _placement_deadline(self, scorer: _Scorer) -> float | None:
         if scorer.patient:
-            # Waiting for the autoscaler: bounded until the first scorer is up; after
-            # that, the others join whenever their nodes arrive.
-            return self._deadline if not self.placed else None
+            # Waiting for the autoscaler: bounded (from when this scorer was asked for)
+            # while no scorer is up, so a run whose GPU node was lost waits for a new one
+            # as long as it waited for the first; while others work, it joins whenever
+            # its node arrives.
+            return scorer.since + self._config.wait_for_gpus if not self.placed else None
         return scorer.check_at
+
+    def _restart_dropped(self) -> None:
+        """Start the slots given up for lack of room again, once the cluster has room for
+        one scorer (a node joined, other work ended) and there is work for them."""
+        if not self.dropped or not self.pending or time.monotonic() < self._next_return_check:
+            return
+        self._next_return_check = time.monotonic() + _RETURN_CHECK_S
+        free = _free_scorers(self._pool.resources)
+        if free < 1:
+            return
+        back, self.dropped = self.dropped[:free], self.dropped[free:]
+        for slot in back:
+            self._start(slot, patient=self._pool.patient)
+        self._log(f"the cluster has room again: {len(back)} scorer(s) given up before are starting again")
 
     def _check_placement(self) -> None:
         """Scorers past their deadline: still starting (wait on), or unplaceable."""
@@ -255,6 +286,8 @@ class Scheduler:
         for ref, scorer in unplaced:
             del self.starting[ref]
             ray.kill(scorer.actor, no_restart=True)
+            self.dropped.append(scorer.slot)
+        self._next_return_check = now + _RETURN_CHECK_S
         lacking = _lacking(self._pool.resources)
         if not self.placed and not self.starting:
             raise TfnasError(
@@ -302,7 +335,11 @@ class Scheduler:
             raise TfnasError(f"a scorer actor failed to start: {fault.cause}")
         self._blame(work, fault)
         if self.pending:  # a replacement in the same slot, placed wherever the cluster has room
-            self._start(scorer.slot, patient=False)
+            # as patient as the first: under --wait-for-gpus a lost GPU node's scorer
+            # waits for the node the autoscaler brings instead of the placement limit
+            self._start(scorer.slot, patient=self._pool.patient)
+        else:
+            self.dropped.append(scorer.slot)  # back if its work (or other) returns to the queue
 
     def _blame(self, work: Work, fault: Fault) -> None:
         """Queue `work` again after its scorer died of `fault`, charging whom it may."""
@@ -374,6 +411,20 @@ def _has_process(actor) -> bool:
         return bool(state.actors(actor._actor_id.hex()).get("Pid"))
     except Exception:  # noqa: BLE001 — private API: any change in it means "unknown"
         return False
+
+
+def _free_scorers(resources: dict) -> int:
+    """How many scorers needing `resources` (actor options: num_gpus, num_cpus, memory)
+    the cluster's free resources hold now."""
+    import ray
+
+    free = ray.available_resources()
+    counts = [
+        int(free.get(name, 0) / resources[key] + 1e-9)  # 1/3 GPU: 1.0 // (1/3) is 2.0 in floats
+        for key, name in (("num_gpus", "GPU"), ("num_cpus", "CPU"), ("memory", "memory"))
+        if resources.get(key)
+    ]
+    return min(counts) if counts else len(ray.nodes())  # needs nothing: fits anywhere
 
 
 def _lacking(resources: dict) -> str:
