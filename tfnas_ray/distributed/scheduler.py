@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 from tfnas_ray import tables
 from tfnas_ray.distributed.cluster import GIB
+from tfnas_ray.distributed.scorer import OUT_OF_MEMORY_TRIES
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics.scoring import arch_seed
 from tfnas_ray.storage import Location
@@ -318,12 +319,16 @@ class Scheduler:
         elif reply["write_error"] and self._scorers_write:
             self._scorers_write = False
             self._log(f"a scorer could not write its shard ({reply['write_error']}); the driver writes the shards instead")
-        full = set(reply["out_of_memory"])
+        full = reply["out_of_memory"]  # arch_id -> last error: the GPU was full on every try
         done = tuple(p for p in work.positions if shard.arch_ids[p] not in full)
-        for position in work.positions:
-            if position not in done:
-                self._suspect(Work(shard, (position,)), "CUDA out of memory")
-        self._record(shard, done, reply["rows"])
+        if done:  # first: recording a full one as failed may complete the shard
+            self._record(shard, done, reply["rows"])
+        if len(work.positions) > 1:
+            # The shard's other architectures may have left the GPU fragmented: each full
+            # one again alone on a scorer, uncharged.
+            self.pending.extendleft(Work(shard, (p,)) for p in reversed(work.positions) if p not in done)
+        elif not done:
+            self._suspect(work, full[shard.arch_ids[work.positions[0]]], out_of_memory=True)
 
     def _on_death(self, scorer: _Scorer, work: Work, fault: Fault) -> None:
         import ray
@@ -365,8 +370,9 @@ class Scheduler:
             return
         self._suspect(work, fault.cause)
 
-    def _suspect(self, work: Work, cause: str) -> None:
-        """Charge a death (or a full GPU) to the one architecture of `work`."""
+    def _suspect(self, work: Work, cause: str, *, out_of_memory: bool = False) -> None:
+        """Charge a death (or, `out_of_memory`, a full GPU: `cause` the last error) to the
+        one architecture of `work`, scored alone."""
         (position,) = work.positions
         key = (work.shard.shard_id, position)
         self.attempts[key] += 1
@@ -375,8 +381,11 @@ class Scheduler:
             return
         arch_id = work.shard.arch_ids[position]
         reason = f"worker died {self.attempts[key]} times scoring this architecture alone ({cause})"
-        if cause == "CUDA out of memory":
-            reason = f"CUDA out of memory {self.attempts[key]} times scoring this architecture alone"
+        if out_of_memory:
+            reason = (
+                f"cuda-oom: does not fit on its scorer's GPU alone: {self.attempts[key]} times alone, "
+                f"{OUT_OF_MEMORY_TRIES} tries each with the cache freed between (last: {cause})"
+            )
         self._record(work.shard, work.positions, failed_rows(arch_id, work.shard.spaces[position], self._metrics, reason, self._config))
 
     def _record(self, shard, positions: tuple[int, ...], rows: list[dict]) -> None:
@@ -448,7 +457,7 @@ def _lacking(resources: dict) -> str:
 def failure_reason(error: str) -> str:
     """Failures grouped by kind, not numbers: "layer-1 hidden covariance: 3 of 600
     variables are constant" and "… 7 of 600 …" are one reason."""
-    text = error.split(" (first:")[0].split(" (at ")[0]
+    text = error.split(" (first:")[0].split(" (at ")[0].split(" (last:")[0]
     return "".join("N" if ch.isdigit() else ch for ch in text)[:120]
 
 
