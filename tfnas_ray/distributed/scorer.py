@@ -62,6 +62,25 @@ def cuda_device(gpu_ids: Sequence[str], env: Mapping[str, str]) -> str:
     return f"cuda:{listed.index(gpu)}"
 
 
+def runtime_problem(planned: Mapping[str, str] | None, torch_version: str) -> str | None:
+    """Why a scorer with `torch_version` cannot score a plan whose identity names the
+    runtime `planned` (`scoring.scoring_runtime`; None: the CPU, any torch), or None.
+
+    Example:
+        >>> runtime_problem({"device": "cuda", "dtype": "float32", "torch": "2.13.0"}, "2.13.0+cu128") is None
+        True
+    """
+    if planned is None:
+        return None
+    release = torch_version.split("+")[0]
+    if release != planned["torch"]:
+        return (
+            f"this scorer has torch {release}, but the plan is named for torch {planned['torch']} (the driver's): "
+            "values depend on it; install the same torch release on the driver and the GPU workers"
+        )
+    return None
+
+
 def score_fitting(score: Callable[[], list[dict]], *, free_memory: Callable[[], None], tries: int = OUT_OF_MEMORY_TRIES) -> tuple[list[dict] | None, str | None]:
     """Score one architecture (`score()`), retrying while the GPU is full.
 
@@ -114,7 +133,7 @@ def scorer_class():
     class ScorerActor:
         """Scores architectures on one device (a GPU Ray assigned it, or the CPU)."""
 
-        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any]):
+        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any], runtime: Mapping[str, str] | None = None):
             import torch
 
             from tfnas_ray.metrics.scoring import pick_threads
@@ -124,7 +143,7 @@ def scorer_class():
                 raise RuntimeError(self._drill.fail_init)
             self._gpu_ids = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]  # ids Ray gave this actor
             self._node = ray.get_runtime_context().get_node_id()
-            self._problem = None  # why this actor cannot score, reported by describe()
+            self._problem = runtime_problem(runtime, torch.__version__)  # why this actor cannot score, reported by describe()
             self._device = "cpu"
             self._label = "cpu"
             if device_kind == "gpu":
@@ -136,8 +155,8 @@ def scorer_class():
                         self._device = cuda_device(self._gpu_ids, os.environ)
                         self._label = f"cuda (gpu {gpu})"
                     except TfnasError as err:
-                        self._problem = str(err)
-                else:
+                        self._problem = self._problem or str(err)
+                elif self._problem is None:
                     self._problem = (
                         f"Ray assigned GPU {gpu} to a scorer, but torch {torch.__version__} there sees no "
                         "CUDA device; install a CUDA build of torch on the GPU workers"
