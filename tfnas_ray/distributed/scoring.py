@@ -201,11 +201,14 @@ def device_kind(config: ScoreConfig) -> str:
     Ray cluster has any; without a connection, "cpu")."""
     if config.device != "auto":
         return config.device
-    import ray
+    import sys
 
+    ray = sys.modules.get("ray")  # not imported: not connected (the checks of input never import it)
+    if ray is None or not ray.is_initialized():
+        return "cpu"
     from tfnas_ray.distributed.cluster import cluster_gpus
 
-    return "gpu" if ray.is_initialized() and cluster_gpus() > 0 else "cpu"
+    return "gpu" if cluster_gpus() > 0 else "cpu"
 
 
 def scoring_runtime(kind: str) -> dict[str, str] | None:
