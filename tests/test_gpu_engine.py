@@ -232,3 +232,32 @@ def test_correlate_refuses_to_mix_cpu_and_gpu_values(six):
     assert correlate(one, truth, config=config).num_rows >= 1
     gpu = _scores(six, ["cuda (gpu 0)", "cuda:1", "cuda (gpu 0)", "cuda (gpu 2)", "cuda (gpu 0)", None])
     assert correlate(gpu, truth, config=config).num_rows >= 1
+
+
+# ---- GPU memory and --actors-per-gpu ------------------------------------------------------
+
+
+def test_the_memory_a_scorer_needs_is_the_largest_of_its_spaces():
+    from tfnas_ray.distributed.gpu_memory import SCORER_GPU_MEMORY, scorer_memory_need
+
+    assert scorer_memory_need(["nb-nlp"]) == SCORER_GPU_MEMORY["nb-nlp"]
+    assert scorer_memory_need(["nb-nlp", "nb-bert", "nb-nlp"]) == SCORER_GPU_MEMORY["nb-bert"]
+    assert scorer_memory_need(["my-family"]) is None  # undeclared: not checked
+    assert SCORER_GPU_MEMORY["nb-bert"].gib <= 4.0  # the paper's protocol in micro-batches (issue 17)
+
+
+@pytest.mark.parametrize(
+    "actors, gpu_gib, problem",
+    [
+        (6, 24.0, None),  # 6 × 4 GiB = 24 GiB: fits exactly
+        (1, 80.0, None),
+        (7, 24.0, "--actors-per-gpu 7: 7 scorers of nb-bert (the paper's 128 × 512 tokens in micro-batches, 4 GiB declared per scorer) need 28.0 GiB, the NVIDIA L4 has 24.0 GiB; use --actors-per-gpu 6 or fewer"),
+        (1, 3.5, "--actors-per-gpu 1: 1 scorer of nb-bert (the paper's 128 × 512 tokens in micro-batches, 4 GiB declared per scorer) needs 4.0 GiB, the NVIDIA L4 has 3.5 GiB; a GPU with more memory is needed"),
+    ],
+)
+def test_more_scorers_per_gpu_than_its_memory_holds_are_refused_in_one_line(actors, gpu_gib, problem):
+    from tfnas_ray.distributed.cluster import GIB
+    from tfnas_ray.distributed.gpu_memory import actors_per_gpu_problem, scorer_memory_need
+
+    assert actors_per_gpu_problem(actors, scorer_memory_need(["nb-bert"]), gpu_gib * GIB, "NVIDIA L4") == problem
+    assert actors_per_gpu_problem(actors, None, gpu_gib * GIB, "NVIDIA L4") is None  # nothing declared

@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 from tfnas_ray import tables
+from tfnas_ray.distributed.gpu_memory import MemoryNeed, actors_per_gpu_problem
 from tfnas_ray.errors import TfnasError
 
 # Tries at one architecture on a scorer when the GPU is full, the cached memory freed
@@ -133,7 +134,16 @@ def scorer_class():
     class ScorerActor:
         """Scores architectures on one device (a GPU Ray assigned it, or the CPU)."""
 
-        def __init__(self, device_kind: str, batch_options: Mapping[str, Any], model_options: Mapping[str, Any], runtime: Mapping[str, str] | None = None):
+        def __init__(
+            self,
+            device_kind: str,
+            batch_options: Mapping[str, Any],
+            model_options: Mapping[str, Any],
+            runtime: Mapping[str, str] | None = None,
+            memory: tuple[int, tuple[float, str] | None] = (1, None),
+        ):
+            """`runtime`: the plan's (`scoring.scoring_runtime`); `memory`: (actors per
+            GPU, the declared need of one scorer, `gpu_memory.scorer_memory_need`)."""
             import torch
 
             from tfnas_ray.metrics.scoring import pick_threads
@@ -156,6 +166,14 @@ def scorer_class():
                         self._label = f"cuda (gpu {gpu})"
                     except TfnasError as err:
                         self._problem = self._problem or str(err)
+                    else:
+                        # Only here is the GPU's memory known: too many scorers for it stop the
+                        # run now, not after a run of out-of-memory retries.
+                        props = torch.cuda.get_device_properties(torch.device(self._device))
+                        actors, need = memory
+                        self._problem = self._problem or actors_per_gpu_problem(
+                            actors, MemoryNeed(*need) if need else None, props.total_memory, props.name
+                        )
                 elif self._problem is None:
                     self._problem = (
                         f"Ray assigned GPU {gpu} to a scorer, but torch {torch.__version__} there sees no "

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from tfnas_ray import plans, tables
 from tfnas_ray.distributed import drills
+from tfnas_ray.distributed.gpu_memory import scorer_memory_need
 from tfnas_ray.distributed.progress import Progress
 from tfnas_ray.distributed.scheduler import Scheduler, Work
 from tfnas_ray.distributed.scorer import scorer_class
@@ -447,7 +448,10 @@ def run_scoring(
         scheduler = Scheduler(
             pool=pool,
             actor_class=scorer_class().options(**options),
-            actor_args=(pool.kind, dict(config.batch_options), dict(config.model_options), identity.get("runtime")),
+            actor_args=(
+                pool.kind, dict(config.batch_options), dict(config.model_options), identity.get("runtime"),
+                (int(config.actors_per_gpu), scorer_memory_need(archs.column("space").to_pylist())),
+            ),
             config=config,
             out=out,
             summary=summary,
