@@ -5,11 +5,15 @@ Why a scorer died decides who pays for it. Ray reports the cause (`classify`):
 - the environment (the node was lost or preempted, the scorer was killed with
   `ray.kill`, or could not be reached): the work is retried as it was, on another
   scorer, and no architecture is charged;
-- the scorer process itself died (a segfault, an abort, the host's OOM killer), or the
-  GPU was full: the work's architectures are suspects. A shard is retried one
-  architecture at a time, uncharged; an architecture is charged only for deaths while it
-  was alone on its scorer, and recorded as failed after `max_tries` of those;
+- the scorer process itself died (a segfault, an abort, the host's OOM killer): the
+  work's architectures are suspects. A shard is retried one architecture at a time,
+  uncharged; an architecture is charged only for deaths while it was alone on its
+  scorer, and recorded as failed after `max_tries` of those;
 - its constructor failed: no scorer can work, and the run stops with that cause.
+A full GPU kills no scorer: the scorer frees the cache and tries again
+(`scorer.score_fitting`), then reports the architecture, which is retried alone (from a
+shard: uncharged) and recorded as failed, reason `cuda-oom`, after `max_tries` attempts
+alone that did not fit.
 
 Scorers are started with `max_restarts=0`: the scheduler starts a replacement itself,
 so that every death reaches it with Ray's cause attached (a restarting actor only says
@@ -424,7 +428,8 @@ def _has_process(actor) -> bool:
 
 def _free_scorers(resources: dict) -> int:
     """How many scorers needing `resources` (actor options: num_gpus, num_cpus, memory)
-    the cluster's free resources hold now."""
+    the cluster's free resources hold now. Summed over nodes, so it may count room split
+    between nodes: a scorer started on that is given up again after the placement wait."""
     import ray
 
     free = ray.available_resources()
