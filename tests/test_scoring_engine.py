@@ -226,22 +226,39 @@ def test_a_scorer_whose_constructor_fails_stops_the_run_with_its_cause(ray_clust
 
 
 def test_a_full_gpu_is_retried_and_recorded_failures_rescored_on_request(ray_cluster, archs, tmp_path, monkeypatch):
-    """CUDA out of memory is retried (charged to the architecture alone, not recorded at
-    once); a poison architecture recorded as failed is rescored by --retry-failed, and
-    the rescored shard equals an undisturbed run."""
+    """A full GPU (a real torch.OutOfMemoryError raised by the model's forward in the
+    scorer, `Drill.full_gpu`) is retried as the README says: the cache freed and a second
+    try; then the architecture alone on a scorer, uncharged; recorded as `cuda-oom` only
+    when it does not fit alone `max_tries` times. A poison architecture recorded as
+    failed is rescored by --retry-failed, and the rescored shards equal an undisturbed run."""
+    from tfnas_ray.distributed.scorer import OUT_OF_MEMORY_TRIES
+
     reference = run_scoring(archs, tmp_path / "ref", ScoreConfig(metrics=METRICS, shard_size=3), progress=False)
-    full, poison = archs.column("arch_id")[0].as_py(), archs.column("arch_id")[4].as_py()
-    # Two full-GPU reports make one attempt fail (the scorer retries once itself). The
-    # poison one kills its shard's scorer (uncharged), then itself alone twice.
-    stage(monkeypatch, Drill(cuda_oom={full: 2}, exit={poison: 3}, dir=str(tmp_path / "drill")))
-    config = ScoreConfig(metrics=METRICS, shard_size=3, max_tries=2)
+    ids = archs.column("arch_id").to_pylist()
+    fits_alone, never, poison = ids[0], ids[2], ids[4]
+    max_tries = 2
+    # In its shard, both tries of `never` find the GPU full; then each of its 2 attempts
+    # alone does: 2 + 2 × 2 tries. One more and it would fit (on the --retry-failed run).
+    never_tries = OUT_OF_MEMORY_TRIES * (1 + max_tries)
+    drill = tmp_path / "drill"
+    stage(monkeypatch, Drill(cuda_oom={fits_alone: OUT_OF_MEMORY_TRIES, never: never_tries}, exit={poison: 3}, dir=str(drill)))
+    config = ScoreConfig(metrics=METRICS, shard_size=3, max_tries=max_tries)
     first = run_scoring(archs, tmp_path / "out", config, progress=False)
-    failed = {r["arch_id"] for r in first.table.to_pylist() if r["error"] is not None}
-    assert failed == {poison} and first.worker_deaths == 3
+    rows = first.table.to_pylist()
+    failed = {r["arch_id"]: r["error"] for r in rows if r["error"] is not None}
+    assert set(failed) == {never, poison} and first.worker_deaths == 3  # a full GPU kills no scorer
+    assert failed[never].startswith(
+        f"cuda-oom: does not fit on its scorer's GPU alone: {max_tries} times alone, {OUT_OF_MEMORY_TRIES} tries each "
+        "with the cache freed between (last: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (fault drill: "
+    )
+    assert (drill / f"cuda-oom-{never}").read_text() == str(never_tries)  # every try made, none more
+    assert first.failures["hidden_cov: cuda-oom: does not fit on its scorer's GPU alone: N times alone, N tries each with the cache freed between"] == 1
+    # The one that fits alone was not charged and has its undisturbed values.
+    assert {k: v for k, v in values(first.table).items() if k[0] == fits_alone} == {k: v for k, v in values(reference.table).items() if k[0] == fits_alone}
     again = run_scoring(archs, tmp_path / "out", config, progress=False)
     assert again.scored == 0  # without --retry-failed a recorded failure stays
     retried = run_scoring(archs, tmp_path / "out", dataclasses.replace(config, retry_failed=True), progress=False)
-    assert retried.scored == 1 and retried.shards_retried == 1 and retried.shards_skipped == 1
+    assert retried.scored == 2 and retried.shards_retried == 2 and retried.shards_skipped == 0
     assert values(retried.table) == values(reference.table)
 
 

@@ -60,7 +60,7 @@ class Plan:
     """One scoring plan of a directory, as its manifest describes it."""
 
     plan_id: str
-    identity: Mapping[str, Any]  # metrics, seed, seeding, batch, model, versions
+    identity: Mapping[str, Any]  # metrics, seed, seeding, batch, model, versions; runtime off the CPU
     shards: tuple[str, ...]  # shard file names, in plan order
     created: float  # seconds since the epoch when the run that wrote it started
     run: int = 0  # which run of the directory ran it last (1, 2, …; 0: never recorded)
@@ -69,9 +69,11 @@ class Plan:
     def describe(self) -> str:
         ident = self.identity
         batch = ", ".join(f"{k}={v}" for k, v in sorted((ident.get("batch") or {}).items())) or "default batch"
+        runtime = ident.get("runtime")  # absent: the CPU in float32 (scoring.scoring_runtime)
+        device = f"{runtime['device']} {runtime['dtype']} torch {runtime['torch']}" if runtime else "cpu"
         return (
             f"plan {self.plan_id} (metrics {','.join(ident.get('metrics', []))}; seed {ident.get('seed')} "
-            f"{ident.get('seeding')}; {batch}; {len(self.shards)} shards)"
+            f"{ident.get('seeding')}; {batch}; {device}; {len(self.shards)} shards)"
         )
 
 

@@ -110,6 +110,31 @@ def _mean_scores(scores: pa.Table) -> dict[str, dict[str, float]]:
     return out
 
 
+def device_kinds(scores: pa.Table) -> dict[str, int]:
+    """Rows with a value per device kind of a scores table's `device` column: "cpu" for
+    "cpu" and "cpu (simulated gpu 0)", "cuda" for "cuda (gpu 0)" and "cuda:1"; rows
+    without a device (recorded failures) are not counted."""
+    kinds: dict[str, int] = {}
+    for device, value in zip(scores.column("device").to_pylist(), scores.column("value").to_pylist()):
+        if device is not None and value is not None:
+            kind = device.split(" ")[0].split(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def _check_one_device(scores: pa.Table) -> None:
+    """Refuse values from several device kinds: a CPU's and a GPU's values of one
+    architecture differ in their low digits (other kernels, other reduction orders), so
+    averaging or ranking them together mixes two measurements — as mixing plans would."""
+    kinds = device_kinds(scores)
+    if len(kinds) > 1:
+        counted = " and ".join(f"{kind} ({n} rows)" for kind, n in sorted(kinds.items()))
+        raise TfnasError(
+            f"the scores table mixes values computed on {counted}; correlate one device's values "
+            "(a scores directory names each device's run as its own plan: choose one with --plan)"
+        )
+
+
 def _ensemble_values(name: str, per_metric: dict[str, dict[str, float]], directions: dict[str, str]) -> dict[str, float]:
     """arch_id -> merit of a rank ensemble (`ranking`: higher predicts better), over the
     architectures where every member has a value."""
@@ -206,10 +231,12 @@ def correlate(
         metrics / targets: restrict (and order) what is correlated; default: all present.
 
     Raises:
-        TfnasError: no architecture appears in both tables.
+        TfnasError: no architecture appears in both tables; values computed on more than
+            one device kind (CPU and GPU).
     """
     scores = tables.conform("scores", scores, what="scores table")
     truth = tables.conform("truth", truth, what="truth table")
+    _check_one_device(scores)
     per_metric = _mean_scores(scores)
     metric_names = metrics or sorted(per_metric)
     for name in metric_names:

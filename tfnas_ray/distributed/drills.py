@@ -11,8 +11,9 @@ Fields of the JSON object (all optional):
     pause: {arch_id: seconds}: on the first attempt at that architecture the scorer
         writes `paused-<arch_id>` (holding its node id) to `dir`, then sleeps — a window
         in which a test removes the node or kills the process.
-    cuda_oom: {arch_id: n}: the first n attempts at that architecture report a CUDA
-        out-of-memory error, as torch does when a GPU is full.
+    cuda_oom: {arch_id: n}: the first n tries at that architecture run on a "full GPU":
+        every module forward raises a real `torch.OutOfMemoryError`, as torch does when
+        a GPU is full (a metric that runs no forward, such as params, does not notice).
     fail_init: the scorer's constructor raises RuntimeError with this message.
     simulate_gpus: GPU scorers run on the CPU (a cluster of logical GPUs,
         `ray start --num-gpus 4` on a machine without any).
@@ -24,11 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 DRILL_ENV = "TFNAS_DRILL"
 
@@ -70,8 +72,25 @@ class Drill:
         if arch_id in self.exit and self.first_attempts("exit", arch_id, self.exit[arch_id]):
             os._exit(17)
 
-    def out_of_memory(self, arch_id: str) -> bool:
-        return arch_id in self.cuda_oom and self.first_attempts("cuda-oom", arch_id, self.cuda_oom[arch_id])
+    @contextlib.contextmanager
+    def full_gpu(self, arch_id: str) -> Iterator[None]:
+        """One try at `arch_id`: within the first `cuda_oom[arch_id]` tries, every module
+        forward in this process raises torch.OutOfMemoryError while the block runs."""
+        if not (arch_id in self.cuda_oom and self.first_attempts("cuda-oom", arch_id, self.cuda_oom[arch_id])):
+            yield
+            return
+        import torch
+
+        def full(module, inputs):
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (fault drill: {type(module).__name__} forward of {arch_id})"
+            )
+
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(full)
+        try:
+            yield
+        finally:
+            hook.remove()
 
 
 def active() -> Drill:

@@ -5,17 +5,24 @@ Why a scorer died decides who pays for it. Ray reports the cause (`classify`):
 - the environment (the node was lost or preempted, the scorer was killed with
   `ray.kill`, or could not be reached): the work is retried as it was, on another
   scorer, and no architecture is charged;
-- the scorer process itself died (a segfault, an abort, the host's OOM killer), or the
-  GPU was full: the work's architectures are suspects. A shard is retried one
-  architecture at a time, uncharged; an architecture is charged only for deaths while it
-  was alone on its scorer, and recorded as failed after `max_tries` of those;
+- the scorer process itself died (a segfault, an abort, the host's OOM killer): the
+  work's architectures are suspects. A shard is retried one architecture at a time,
+  uncharged; an architecture is charged only for deaths while it was alone on its
+  scorer, and recorded as failed after `max_tries` of those;
 - its constructor failed: no scorer can work, and the run stops with that cause.
+A full GPU kills no scorer: the scorer frees the cache and tries again
+(`scorer.score_fitting`), then reports the architecture, which is retried alone (from a
+shard: uncharged) and recorded as failed, reason `cuda-oom`, after `max_tries` attempts
+alone that did not fit.
 
 Scorers are started with `max_restarts=0`: the scheduler starts a replacement itself,
 so that every death reaches it with Ray's cause attached (a restarting actor only says
 "unavailable"). Work goes to a scorer as soon as it answers; a scorer the cluster cannot
 place within `PLACEMENT_WAIT_S` is given up with the resources it lacked, and the run
-goes on with those placed (or stops if there are none).
+goes on with those placed (or stops if there are none); a slot given up comes back when
+the cluster has room for a scorer again (looked at every `_RETURN_CHECK_S`). Under
+`--wait-for-gpus` every scorer, the replacement of a dead one included, waits for the
+autoscaler as long as the first did.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Callable, NamedTuple
 
 from tfnas_ray import tables
 from tfnas_ray.distributed.cluster import GIB
+from tfnas_ray.distributed.scorer import OUT_OF_MEMORY_TRIES
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.lease import check_held
 from tfnas_ray.metrics.scoring import arch_seed
@@ -44,6 +52,9 @@ MAX_ENVIRONMENT_FAULTS = 10
 # Deaths before a scorer answers its first call, per scorer slot, before the slot is
 # given up (a node that kills every process it starts).
 _MAX_FAILED_STARTS = 3
+# How often the scheduler looks whether the cluster has room again for slots it gave up
+# (a node that joined, other work that finished).
+_RETURN_CHECK_S = 5.0
 
 
 class Fault(NamedTuple):
@@ -145,7 +156,8 @@ class Scheduler:
         # the driver is not held up by uploads; otherwise (and for shards put together
         # from retries) the driver writes.
         self._scorers_write = out.is_object_store
-        self._deadline = time.monotonic() + config.wait_for_gpus if pool.patient else None
+        self.dropped: list[int] = []  # slots given up for lack of room: restarted when room returns
+        self._next_return_check = 0.0
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -162,6 +174,7 @@ class Scheduler:
         try:
             while self.pending or self.in_flight:
                 check_held()  # another run took this output's lease over: stop before the next shard
+                self._restart_dropped()
                 self._dispatch()
                 if not self.in_flight and not self.starting:
                     raise TfnasError("every scorer died and none could be started again; see the Ray logs")
@@ -210,8 +223,12 @@ class Scheduler:
             fault = classify(err)
             if fault.kind == "constructor":
                 raise TfnasError(f"a scorer actor failed to start: {fault.cause}") from None
-            if scorer.failed_starts + 1 < _MAX_FAILED_STARTS:
-                self._start(scorer.slot, patient=False, failed_starts=scorer.failed_starts + 1)
+            if fault.kind == "environment" and scorer.patient:
+                # Its node went away while it was starting: wait for the next one, as the
+                # first scorers did; a dying node is not the scorer's failure to start.
+                self._start(scorer.slot, patient=True, failed_starts=scorer.failed_starts)
+            elif scorer.failed_starts + 1 < _MAX_FAILED_STARTS:
+                self._start(scorer.slot, patient=scorer.patient, failed_starts=scorer.failed_starts + 1)
             else:
                 self._log(f"scorer {scorer.slot} died {_MAX_FAILED_STARTS} times before it could start ({fault.cause}); going on without it")
             return
@@ -222,17 +239,36 @@ class Scheduler:
         self.idle.append(scorer)
 
     def _wait_timeout(self) -> float | None:
-        """Seconds until the next placement deadline (None: no scorer is waiting)."""
+        """Seconds until the next placement deadline or look for room (None: no scorer
+        is waiting and no slot is given up)."""
         deadlines = [self._placement_deadline(s) for s in self.starting.values()]
         deadlines = [d for d in deadlines if d is not None]
+        if self.dropped and self.pending:
+            deadlines.append(self._next_return_check)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _placement_deadline(self, scorer: _Scorer) -> float | None:
         if scorer.patient:
-            # Waiting for the autoscaler: bounded until the first scorer is up; after
-            # that, the others join whenever their nodes arrive.
-            return self._deadline if not self.placed else None
+            # Waiting for the autoscaler: bounded (from when this scorer was asked for)
+            # while no scorer is up, so a run whose GPU node was lost waits for a new one
+            # as long as it waited for the first; while others work, it joins whenever
+            # its node arrives.
+            return scorer.since + self._config.wait_for_gpus if not self.placed else None
         return scorer.check_at
+
+    def _restart_dropped(self) -> None:
+        """Start the slots given up for lack of room again, once the cluster has room for
+        one scorer (a node joined, other work ended) and there is work for them."""
+        if not self.dropped or not self.pending or time.monotonic() < self._next_return_check:
+            return
+        self._next_return_check = time.monotonic() + _RETURN_CHECK_S
+        free = _free_scorers(self._pool.resources)
+        if free < 1:
+            return
+        back, self.dropped = self.dropped[:free], self.dropped[free:]
+        for slot in back:
+            self._start(slot, patient=self._pool.patient)
+        self._log(f"the cluster has room again: {len(back)} scorer(s) given up before are starting again")
 
     def _check_placement(self) -> None:
         """Scorers past their deadline: still starting (wait on), or unplaceable."""
@@ -258,6 +294,8 @@ class Scheduler:
         for ref, scorer in unplaced:
             del self.starting[ref]
             ray.kill(scorer.actor, no_restart=True)
+            self.dropped.append(scorer.slot)
+        self._next_return_check = now + _RETURN_CHECK_S
         lacking = _lacking(self._pool.resources)
         if not self.placed and not self.starting:
             raise TfnasError(
@@ -288,12 +326,16 @@ class Scheduler:
         elif reply["write_error"] and self._scorers_write:
             self._scorers_write = False
             self._log(f"a scorer could not write its shard ({reply['write_error']}); the driver writes the shards instead")
-        full = set(reply["out_of_memory"])
+        full = reply["out_of_memory"]  # arch_id -> last error: the GPU was full on every try
         done = tuple(p for p in work.positions if shard.arch_ids[p] not in full)
-        for position in work.positions:
-            if position not in done:
-                self._suspect(Work(shard, (position,)), "CUDA out of memory")
-        self._record(shard, done, reply["rows"])
+        if done:  # first: recording a full one as failed may complete the shard
+            self._record(shard, done, reply["rows"])
+        if len(work.positions) > 1:
+            # The shard's other architectures may have left the GPU fragmented: each full
+            # one again alone on a scorer, uncharged.
+            self.pending.extendleft(Work(shard, (p,)) for p in reversed(work.positions) if p not in done)
+        elif not done:
+            self._suspect(work, full[shard.arch_ids[work.positions[0]]], out_of_memory=True)
 
     def _on_death(self, scorer: _Scorer, work: Work, fault: Fault) -> None:
         import ray
@@ -305,7 +347,11 @@ class Scheduler:
             raise TfnasError(f"a scorer actor failed to start: {fault.cause}")
         self._blame(work, fault)
         if self.pending:  # a replacement in the same slot, placed wherever the cluster has room
-            self._start(scorer.slot, patient=False)
+            # as patient as the first: under --wait-for-gpus a lost GPU node's scorer
+            # waits for the node the autoscaler brings instead of the placement limit
+            self._start(scorer.slot, patient=self._pool.patient)
+        else:
+            self.dropped.append(scorer.slot)  # back if its work (or other) returns to the queue
 
     def _blame(self, work: Work, fault: Fault) -> None:
         """Queue `work` again after its scorer died of `fault`, charging whom it may."""
@@ -331,8 +377,9 @@ class Scheduler:
             return
         self._suspect(work, fault.cause)
 
-    def _suspect(self, work: Work, cause: str) -> None:
-        """Charge a death (or a full GPU) to the one architecture of `work`."""
+    def _suspect(self, work: Work, cause: str, *, out_of_memory: bool = False) -> None:
+        """Charge a death (or, `out_of_memory`, a full GPU: `cause` the last error) to the
+        one architecture of `work`, scored alone."""
         (position,) = work.positions
         key = (work.shard.shard_id, position)
         self.attempts[key] += 1
@@ -341,8 +388,11 @@ class Scheduler:
             return
         arch_id = work.shard.arch_ids[position]
         reason = f"worker died {self.attempts[key]} times scoring this architecture alone ({cause})"
-        if cause == "CUDA out of memory":
-            reason = f"CUDA out of memory {self.attempts[key]} times scoring this architecture alone"
+        if out_of_memory:
+            reason = (
+                f"cuda-oom: does not fit on its scorer's GPU alone: {self.attempts[key]} times alone, "
+                f"{OUT_OF_MEMORY_TRIES} tries each with the cache freed between (last: {cause})"
+            )
         self._record(work.shard, work.positions, failed_rows(arch_id, work.shard.spaces[position], self._metrics, reason, self._config))
 
     def _record(self, shard, positions: tuple[int, ...], rows: list[dict]) -> None:
@@ -388,6 +438,21 @@ def _has_process(actor) -> bool:
         return False
 
 
+def _free_scorers(resources: dict) -> int:
+    """How many scorers needing `resources` (actor options: num_gpus, num_cpus, memory)
+    the cluster's free resources hold now. Summed over nodes, so it may count room split
+    between nodes: a scorer started on that is given up again after the placement wait."""
+    import ray
+
+    free = ray.available_resources()
+    counts = [
+        int(free.get(name, 0) / resources[key] + 1e-9)  # 1/3 GPU: 1.0 // (1/3) is 2.0 in floats
+        for key, name in (("num_gpus", "GPU"), ("num_cpus", "CPU"), ("memory", "memory"))
+        if resources.get(key)
+    ]
+    return min(counts) if counts else len(ray.nodes())  # needs nothing: fits anywhere
+
+
 def _lacking(resources: dict) -> str:
     """What one scorer needs and what the cluster has free, in words."""
     import ray
@@ -409,7 +474,7 @@ def _lacking(resources: dict) -> str:
 def failure_reason(error: str) -> str:
     """Failures grouped by kind, not numbers: "layer-1 hidden covariance: 3 of 600
     variables are constant" and "… 7 of 600 …" are one reason."""
-    text = error.split(" (first:")[0].split(" (at ")[0]
+    text = error.split(" (first:")[0].split(" (at ")[0].split(" (last:")[0]
     return "".join("N" if ch.isdigit() else ch for ch in text)[:120]
 
 

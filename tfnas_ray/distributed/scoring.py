@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from tfnas_ray import plans, tables
 from tfnas_ray.distributed import drills
 from tfnas_ray.distributed.cost import cheaper_settings
+from tfnas_ray.distributed.gpu_memory import scorer_memory_need
 from tfnas_ray.distributed.progress import Progress, start_reports
 from tfnas_ray.distributed.scheduler import Scheduler, Work
 from tfnas_ray.distributed.scorer import scorer_class
@@ -192,17 +193,56 @@ class ScoringInterrupted(TfnasError):
     """The driver was interrupted; finished shards are saved."""
 
 
-def plan_identity(config: ScoreConfig, spaces) -> dict[str, Any]:
+# Every model is built and scored in torch's default dtype; a run in another dtype
+# (a future --dtype) would name it in its identity.
+SCORING_DTYPE = "float32"
+
+
+def device_kind(config: ScoreConfig) -> str:
+    """Where the scorers of `config` run: "gpu" or "cpu" ("auto": GPUs if the connected
+    Ray cluster has any; without a connection, "cpu")."""
+    if config.device != "auto":
+        return config.device
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported: not connected (the checks of input never import it)
+    if ray is None or not ray.is_initialized():
+        return "cpu"
+    from tfnas_ray.distributed.cluster import cluster_gpus
+
+    return "gpu" if cluster_gpus() > 0 else "cpu"
+
+
+def scoring_runtime(kind: str) -> dict[str, str] | None:
+    """The runtime a plan's values depend on beyond its options: device kind, dtype and
+    torch version on a GPU (where kernels, reductions and library versions change the
+    low digits, and a GPU run must not resume into a CPU run's shards, nor the reverse).
+    None for the CPU in float32: the reference runtime, left out of the identity so
+    that shards scored before it entered keep their names (and resume)."""
+    if kind == "cpu" and SCORING_DTYPE == "float32":
+        return None
+    import torch
+
+    # The release only: a CUDA build's "+cu128" on the GPU workers and a driver's "+cpu"
+    # are the same version (the scorers check that theirs is this one).
+    return {"device": "cuda" if kind == "gpu" else kind, "dtype": SCORING_DTYPE, "torch": torch.__version__.split("+")[0]}
+
+
+def plan_identity(config: ScoreConfig, spaces, *, kind: str | None = None) -> dict[str, Any]:
     """What a shard's values depend on besides its architectures: the metrics and the
     version of each one's implementation in `spaces`, the seed and seeding, the batch
-    and model options. It names the shards and is recorded in the plan's manifest.
+    and model options, and on a GPU the runtime (`scoring_runtime`: device kind, dtype,
+    torch version). It names the shards and is recorded in the plan's manifest.
+
+    Args:
+        kind: "cpu" or "gpu", where the scorers run; default `device_kind(config)`.
 
     Raises:
         TfnasError: an unknown metric, or one not defined for a space.
     """
     for space in sorted(spaces):
         validate_metrics(space, config.metrics)
-    return {
+    identity = {
         "metrics": list(config.metrics),
         "seed": config.seed,
         "seeding": config.seeding,
@@ -210,17 +250,22 @@ def plan_identity(config: ScoreConfig, spaces) -> dict[str, Any]:
         "model": dict(sorted(config.model_options.items())),
         "versions": metric_versions(sorted(spaces), config.metrics),
     }
+    runtime = scoring_runtime(kind or device_kind(config))
+    if runtime is not None:
+        identity["runtime"] = runtime
+    return identity
 
 
-def plan_shards(archs: pa.Table, config: ScoreConfig) -> list[Shard]:
-    """Cut the (deduplicated) architectures into shards and name each by its identity."""
+def plan_shards(archs: pa.Table, config: ScoreConfig, *, kind: str | None = None) -> list[Shard]:
+    """Cut the (deduplicated) architectures into shards and name each by its identity
+    (`plan_identity`; `kind` as there)."""
     archs = tables.conform("archs", archs, what="archs table")
     seen: dict[str, tuple[str, str]] = {}
     for arch_id, space, spec in zip(
         archs.column("arch_id").to_pylist(), archs.column("space").to_pylist(), archs.column("spec").to_pylist()
     ):
         seen.setdefault(arch_id, (space, spec))  # the same architecture is scored once
-    identity = json.dumps(plan_identity(config, {space for space, _ in seen.values()}), sort_keys=True)
+    identity = json.dumps(plan_identity(config, {space for space, _ in seen.values()}, kind=kind), sort_keys=True)
     items = list(seen.items())
     size = config.shard_size or auto_shard_size(len(items))
     shards = []
@@ -342,8 +387,9 @@ class _Pool(NamedTuple):
     patient: bool  # they may wait for the autoscaler to add nodes (--wait-for-gpus)
 
 
-def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
-    """The scorer pool for the cluster as it is now."""
+def _actor_plan(config: ScoreConfig, n_shards: int, *, kind: str | None = None) -> _Pool:
+    """The scorer pool for the cluster as it is now (`kind`: as the plan named it,
+    default `device_kind(config)`)."""
     from tfnas_ray.distributed.cluster import GIB, cluster_cpus, cluster_gpus, cluster_memory
 
     gpus = cluster_gpus()
@@ -353,7 +399,7 @@ def _actor_plan(config: ScoreConfig, n_shards: int) -> _Pool:
             "--device gpu, but the Ray cluster has no GPUs; use --device cpu or auto "
             "(or --wait-for-gpus SECONDS on a cluster that autoscales GPU nodes)"
         )
-    kind = "gpu" if (config.device == "gpu" or (config.device == "auto" and gpus > 0)) else "cpu"
+    kind = kind or device_kind(config)
     if kind == "gpu":
         present = int(gpus * config.actors_per_gpu)
         # On an autoscaling cluster the actors beyond the present GPUs stay pending
@@ -411,8 +457,10 @@ def run_scoring(
     out = locate(out_dir)  # a Location passes through: `pipeline` parsed it where it entered
     out.make_dirs()
     started = time.perf_counter()
-    shards = plan_shards(archs, config)
-    plans.write_manifest(out, plan_identity(config, set(archs.column("space").to_pylist())), [s.filename for s in shards])
+    kind = device_kind(config)  # once: the shards' names and the pool agree on it
+    shards = plan_shards(archs, config, kind=kind)
+    identity = plan_identity(config, set(archs.column("space").to_pylist()), kind=kind)
+    plans.write_manifest(out, identity, [s.filename for s in shards])
     metrics = list(config.metrics)
     summary = ScoreSummary(archs=sum(len(s.arch_ids) for s in shards), shards_total=len(shards))
     resume = resume_state(out, shards, metrics, log=log)
@@ -431,7 +479,7 @@ def run_scoring(
         cheaper=cheaper_settings(sorted(set(archs.column("space").to_pylist())), config.batch_options),
     )
     if work:
-        pool = _actor_plan(config, len(work))
+        pool = _actor_plan(config, len(work), kind=kind)
         reports = start_reports()  # each scorer tells it of every architecture it finishes
         bar.attach(reports, scorers=pool.count)
         options: dict[str, Any] = {"max_restarts": 0, **pool.resources}  # the scheduler replaces dead scorers
@@ -440,7 +488,10 @@ def run_scoring(
         scheduler = Scheduler(
             pool=pool,
             actor_class=scorer_class().options(**options),
-            actor_args=(pool.kind, dict(config.batch_options), dict(config.model_options), reports),
+            actor_args=(
+                pool.kind, dict(config.batch_options), dict(config.model_options), identity.get("runtime"),
+                (int(config.actors_per_gpu), scorer_memory_need(archs.column("space").to_pylist())), reports,
+            ),
             config=config,
             out=out,
             summary=summary,

@@ -36,6 +36,30 @@ def arch_seed(arch_id: str, run_seed: int, seeding: str = "derived") -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+# The allocation failures of CUDA's libraries: torch raises them as a plain RuntimeError
+# carrying the library's status, not as torch.OutOfMemoryError.
+_LIBRARY_OUT_OF_MEMORY = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDA out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says the GPU was full: `torch.OutOfMemoryError` (which is
+    `torch.cuda.OutOfMemoryError`) by type; a cuBLAS/cuDNN allocation failure, a
+    RuntimeError, by its status text. Anything else (a CPU allocation failure, a shape
+    error) is an ordinary failure of the metric.
+
+    Example:
+        >>> is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        True
+        >>> is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+        True
+        >>> is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+        False
+    """
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(status in str(error) for status in _LIBRARY_OUT_OF_MEMORY)
+
+
 def validate_metrics(space: str, metrics: Sequence[str]) -> list[str]:
     """Check that every metric exists for `space`; return them without duplicates.
 
@@ -78,6 +102,10 @@ def score_architecture(
 
     Metrics scored together share their passes (see `MetricContext.run_pass`); the
     `seconds` of a metric include the passes it was first to need.
+
+    Raises:
+        torch.OutOfMemoryError, RuntimeError: the GPU was full (`is_out_of_memory`); the
+            architecture's rows are not made, for the caller to retry it whole.
     """
     registry = load_metrics()
     ctx = MetricContext(space, spec, seed=seed, batch=batch, device=device, options=options, wanted=metrics)
@@ -93,6 +121,8 @@ def score_architecture(
         except TfnasError:
             raise  # bad input (unknown option, …) is the user's to fix, not a metric failure
         except Exception as exc:  # noqa: BLE001 — recorded per (arch, metric), never dropped
+            if is_out_of_memory(exc):
+                raise  # a full GPU is no property of the architecture: the scorer frees memory and retries it
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             error = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
         rows.append(
