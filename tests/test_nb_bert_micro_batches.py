@@ -148,3 +148,25 @@ def test_micro_batched_columns_equal_the_whole_batchs():
 def test_micro_batch_must_be_a_positive_row_count(bad):
     with pytest.raises(TfnasError, match=rf"--micro-batch must be a positive number of rows, got {bad!r}".replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         tm.nb_bert_batch({"seq_len": 32, "micro_batch": bad})
+
+
+def test_score_micro_batch_on_the_command_line(ray_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from tfnas_ray import tables
+    from tfnas_ray.cli import app
+
+    runner = CliRunner()
+    bert = tmp_path / "bert.parquet"
+    assert runner.invoke(app, ["sample", "nb-bert", "-n", "1", "--out", str(bert)]).exit_code == 0
+    refused = runner.invoke(app, ["score", str(bert), "-m", "naswot", "--micro-batch", "0", "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "--micro-batch must be a positive number of rows, got 0" in refused.output
+    values = {}
+    for name, extra in (("whole", []), ("micro", ["--micro-batch", "50"])):  # 50, 50, 28 rows
+        out = tmp_path / name
+        command = ["score", str(bert), "-m", "naswot,head_confidence", "--seq-len", "8", "--out", str(out), "--no-progress", *extra]
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        values[name] = {r["metric"]: r["value"] for r in tables.read_table("scores", out).to_pylist()}
+    assert values["micro"]["naswot"] == values["whole"]["naswot"]  # integer kernel: exact
+    assert values["micro"]["head_confidence"] == pytest.approx(values["whole"]["head_confidence"], rel=1e-6)
