@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (the protocol: 512)")
     parser.add_argument("--micro-batch", type=int, default=16, help="rows per forward of this tree's micro-batched run")
     parser.add_argument("--metrics", default=",".join(COLUMNS))
+    parser.add_argument("--versions", default="against,whole,micro",
+                        help="which rows to run: against (REV, whole batch), whole (this tree), micro (this tree, micro-batches)")
     args = parser.parse_args()
     if not 3 <= args.seq_len <= 512:
         parser.error(f"--seq-len must be in [3, 512], got {args.seq_len}")
@@ -123,16 +125,22 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.against, "tfnas_ray"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         versions = [
-            (f"{args.against} whole batch", old, 0),
-            ("this tree, whole batch", ROOT, 0),
-            (f"this tree, micro-batch {args.micro_batch}", ROOT, args.micro_batch),
+            (key, label, tree, micro)
+            for key, label, tree, micro in (
+                ("against", f"{args.against} whole batch", old, 0),
+                ("whole", "this tree, whole batch", ROOT, 0),
+                ("micro", f"this tree, micro-batch {args.micro_batch}", ROOT, args.micro_batch),
+            )
+            if key in args.versions.split(",")
         ]
+        if not versions:
+            parser.error(f"--versions {args.versions!r} names none of against, whole, micro")
         print(f"nb-bert, as-scored, 128 × {args.seq_len} tokens, train mode, seed 0, {len(metrics)} columns, 1 thread; "
               f"one fresh process per row, run one at a time", flush=True)
         print(f"{'config':>6s}  {'version':34s} {'peak MiB':>9s} {'seconds':>8s}  largest rel. diff from the first row", flush=True)
         for index in configs:
             reference = None
-            for label, tree, micro in versions:
+            for _, label, tree, micro in versions:
                 result = run(tree, index, args.seq_len, micro, metrics)
                 if reference is None:
                     reference = result["values"]
