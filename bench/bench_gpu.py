@@ -172,7 +172,8 @@ def throughput(device: str, archs: list[tuple[str, str]], sets: list[str], per_g
             seen.add(arch_id)
             keep.append(i)
     table = table.take(keep)
-    ray.init(include_dashboard=False, num_cpus=max(per_gpu) if device == "cpu" else None)
+    # a Ray of its own ("local"): never another job's cluster that happens to run on this host
+    ray.init(address="local", include_dashboard=False, num_cpus=max(per_gpu) if device == "cpu" else None)
     try:
         for s in sets:
             for n in per_gpu:
