@@ -160,7 +160,8 @@ def test_score_micro_batch_on_the_command_line(ray_cluster, tmp_path):
     bert = tmp_path / "bert.parquet"
     assert runner.invoke(app, ["sample", "nb-bert", "-n", "1", "--out", str(bert)]).exit_code == 0
     refused = runner.invoke(app, ["score", str(bert), "-m", "naswot", "--micro-batch", "0", "--out", str(tmp_path / "x")])
-    assert refused.exit_code == 1 and "--micro-batch must be a positive number of rows, got 0" in refused.output
+    # bad input, refused before any work (checking_input: exit code 2, one line)
+    assert refused.exit_code == 2 and "--micro-batch must be a positive number of rows, got 0" in refused.output
     values = {}
     for name, extra in (("whole", []), ("micro", ["--micro-batch", "50"])):  # 50, 50, 28 rows
         out = tmp_path / name
