@@ -81,8 +81,11 @@ def test_masks_come_from_the_cpu_generator_whatever_the_device():
         with mode:
             mode.rows(slice(0, 4))
             F.dropout(x_meta[:4], p=0.1, training=True)
-    keep = mode._keep[0]
-    assert torch.equal(keep.to(torch.float32).div_(0.9), on_cpu)
+    with mode:
+        mode.rows(slice(0, 6))
+        mode._site = 0
+        rows = mode._site_rows(x_meta, 0.1)
+    assert torch.equal(rows.div_(0.9), on_cpu)
 
 
 @pytest.mark.parametrize("micro", [6, 4, 1])

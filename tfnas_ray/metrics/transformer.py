@@ -40,6 +40,7 @@ skipped when no requested metric reads them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping
@@ -144,7 +145,7 @@ class CpuDropout(TorchFunctionMode):
 
     Micro-batches (`batch_size` given, then `rows(...)` before each forward): the masks
     are the whole batch's. The first forward draws, at each dropout call, the mask of all
-    `batch_size` rows (as the whole batch's forward would, in the same order; one byte an
+    `batch_size` rows (as the whole batch's forward would, in the same order; one bit an
     element is kept) and every forward uses its rows of it, so a micro-batched pass sees
     the same masks as the whole batch. A later forward of the same rows (GraSP's second
     round) sees them again.
@@ -162,7 +163,7 @@ class CpuDropout(TorchFunctionMode):
         self._batch_size = batch_size
         self._rows: slice | None = None  # rows of the forward running now (micro-batches)
         self._site = 0  # index of the next dropout call in that forward
-        self._keep: list[torch.Tensor] = []  # per call site: the whole batch's 0/1 mask (uint8)
+        self._keep: list[tuple[tuple[int, ...], torch.Tensor]] = []  # per call site: (row shape, the whole batch's 0/1 mask, bits packed)
 
     def rows(self, rows: slice) -> None:
         """The next forward runs `rows` of the whole batch."""
@@ -192,24 +193,31 @@ class CpuDropout(TorchFunctionMode):
         if self._rows is None:
             noise = torch.empty_like(x, device="cpu").bernoulli_(1 - p).div_(1 - p)
         else:
-            noise = self._site_mask(x, p)[self._rows].to(x.dtype).div_(1 - p)
+            noise = self._site_rows(x, p).to(x.dtype).div_(1 - p)
         noise = noise.to(x.device)
         return x.mul_(noise) if inplace else x * noise
 
-    def _site_mask(self, x: torch.Tensor, p: float) -> torch.Tensor:
-        """The whole batch's 0/1 mask (uint8, CPU) of the next call site."""
+    def _site_rows(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Rows `rows(...)` of the whole batch's 0/1 mask of the next call site (float32, CPU)."""
         site, self._site = self._site, self._site + 1
         if site == len(self._keep):
             if not x.is_contiguous():
                 # the whole batch's input would be laid out otherwise: its draws differ
                 raise MetricFailure(f"dropout input {tuple(x.shape)} is not contiguous: no micro-batched mask")
-            # Bernoulli draws do not depend on the dtype they are written in (one stream,
-            # then a cast): uint8 keeps a quarter of the float mask.
-            self._keep.append(torch.empty((self._batch_size, *x.shape[1:]), dtype=torch.uint8).bernoulli_(1 - p))
-        keep = self._keep[site]
-        if keep.shape[1:] != x.shape[1:]:
-            raise MetricFailure(f"dropout call {site} has shape {tuple(x.shape[1:])} here, {tuple(keep.shape[1:])} before")
-        return keep
+            # One draw for the whole batch, as its forward makes. Bernoulli draws do not
+            # depend on the dtype they are written in (torch's CPU kernel draws into an
+            # int32 buffer, then casts), so int32 avoids a second buffer; kept packed, 8
+            # to a byte, packed a few rows at a time.
+            drawn = torch.empty((self._batch_size, *x.shape[1:]), dtype=torch.int32).bernoulli_(1 - p)
+            flat = drawn.view(self._batch_size, -1)
+            step = max(1, (1 << 24) // max(1, flat.shape[1]))
+            packed = torch.cat([_pack_codes(flat[i : i + step]) for i in range(0, self._batch_size, step)])
+            del drawn, flat
+            self._keep.append((tuple(x.shape[1:]), packed))
+        shape, packed = self._keep[site]
+        if shape != tuple(x.shape[1:]):
+            raise MetricFailure(f"dropout call {site} has shape {tuple(x.shape[1:])} here, {shape} before")
+        return _unpack_codes(packed[self._rows], math.prod(shape), torch.device("cpu")).view(-1, *shape)
 
 
 class _Mode:
