@@ -246,3 +246,18 @@ def test_cuda_graphs_are_opt_in(monkeypatch):
     for value, expected in (("1", True), ("on", True), ("0", False), ("", False)):
         monkeypatch.setenv(cell.CUDA_GRAPHS_ENV, value)
         assert cell.cuda_graphs_enabled() is expected
+
+
+def test_out_of_memory_while_capturing_is_not_a_capture_fault(monkeypatch):
+    from tfnas_ray.spaces.nasbench_nlp import cell
+
+    class _OutOfMemory(_FailingCapture):
+        def capture(self, step):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cell, "_capture_failed", [])
+    monkeypatch.setattr(cell, "_step_graph", lambda like: _OutOfMemory())
+    model = small_model()
+    with torch.no_grad(), pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        model.layers[0](model.embed(TOKENS), model.init_hidden(TOKENS.shape[1])[0], capture=True)
+    assert cell._capture_failed == []  # the next call still tries to capture

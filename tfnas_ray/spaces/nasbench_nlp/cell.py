@@ -263,6 +263,8 @@ class RecurrentLayer(nn.Module):
         graph = _step_graph(static_state[0])
         try:
             new_state = graph.capture(step)
+        except torch.OutOfMemoryError:
+            raise  # not a capture fault: the scorer's out-of-memory handling decides
         except RuntimeError as error:  # torch reports capture faults as RuntimeError
             # Nothing was handed to the recorder yet: the caller reruns the plain loop.
             _capture_failed.append(str(error))
