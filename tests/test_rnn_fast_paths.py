@@ -196,3 +196,68 @@ def test_a_captured_step_replayed_gives_the_loops_values():
     assert all(torch.equal(a, b) for a, b in zip(loop_state, cap_state))
     assert [key[:3] for key in loop_seen] == [key[:3] for key in cap_seen]
     assert all(torch.equal(a[3], b[3]) for a, b in zip(loop_seen, cap_seen))
+
+
+class _FailingCapture:
+    """A step recorder that fails as a CUDA graph capture can (e.g. an op that is not
+    allowed while a stream is capturing)."""
+
+    captures = 0
+
+    def capture(self, step):
+        _FailingCapture.captures += 1
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    def replay(self):
+        raise AssertionError("never replayed: the capture failed")
+
+
+def test_a_failed_capture_falls_back_to_the_loop_with_one_warning(monkeypatch):
+    from tfnas_ray.spaces.nasbench_nlp import cell
+
+    monkeypatch.setattr(cell, "_capture_failed", [])
+    monkeypatch.setattr(cell, "_step_graph", lambda like: _FailingCapture())
+    _FailingCapture.captures = 0
+    model = small_model()
+    x = model.embed(TOKENS)
+    with torch.no_grad():
+        hidden = model.init_hidden(TOKENS.shape[1])
+        loop_recorder = _Everything()
+        loop_out, loop_state = model.layers[0](x, hidden[0], recorder=loop_recorder, capture=False)
+        with pytest.warns(RuntimeWarning, match="recording the recurrent step as a graph failed .*operation not permitted") as caught:
+            results = []
+            for _ in range(3):  # three windows: one failed capture, one warning, then the loop
+                recorder = _Everything()
+                results.append((*model.layers[0](x, hidden[0], recorder=recorder, capture=True), recorder.seen))
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert _FailingCapture.captures == 1
+    for out, state, seen in results:
+        assert torch.equal(out, loop_out)
+        assert all(torch.equal(a, b) for a, b in zip(state, loop_state))
+        assert [key[:3] for key in seen] == [key[:3] for key in loop_recorder.seen]
+        assert all(torch.equal(a[3], b[3]) for a, b in zip(seen, loop_recorder.seen))
+
+
+def test_cuda_graphs_are_opt_in(monkeypatch):
+    from tfnas_ray.spaces.nasbench_nlp import cell
+
+    monkeypatch.delenv(cell.CUDA_GRAPHS_ENV, raising=False)
+    assert not cell.cuda_graphs_enabled()
+    for value, expected in (("1", True), ("on", True), ("0", False), ("", False)):
+        monkeypatch.setenv(cell.CUDA_GRAPHS_ENV, value)
+        assert cell.cuda_graphs_enabled() is expected
+
+
+def test_out_of_memory_while_capturing_is_not_a_capture_fault(monkeypatch):
+    from tfnas_ray.spaces.nasbench_nlp import cell
+
+    class _OutOfMemory(_FailingCapture):
+        def capture(self, step):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cell, "_capture_failed", [])
+    monkeypatch.setattr(cell, "_step_graph", lambda like: _OutOfMemory())
+    model = small_model()
+    with torch.no_grad(), pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        model.layers[0](model.embed(TOKENS), model.init_hidden(TOKENS.shape[1])[0], capture=True)
+    assert cell._capture_failed == []  # the next call still tries to capture

@@ -148,17 +148,22 @@ _READING_HELP = (
 Reading = Annotated[Optional[ReadingChoice], typer.Option(help=_READING_HELP + " [default: described]")]
 SeqLen = Annotated[Optional[int], typer.Option(help="nb-bert: tokens per metric-batch sequence, documents cut or padded [default: 512, the authors']")]
 Mode = Annotated[Optional[ModeChoice], typer.Option(help="nb-bert: train (the authors': dropout on, padding mask ignored) or eval [default: train]")]
+MicroBatch = Annotated[Optional[int], typer.Option(help="nb-bert: rows per forward of the gradient passes, same values to 1e-6, less memory [default: the whole batch]")]
 
 
-def _nb_bert_options(reading, seq_len, mode, *, default_reading: str = "described"):
+def _nb_bert_options(reading, seq_len, mode, *, default_reading: str = "described", micro_batch=None):
     """(NbBertOptions, names of the options given) from the shared nb-bert options."""
     from tfnas_ray.nb_bert_protocol import NbBertOptions
 
-    given = [n for n, v in (("--reading", reading), ("--seq-len", seq_len), ("--mode", mode)) if v is not None]
+    given = [
+        n for n, v in (("--reading", reading), ("--seq-len", seq_len), ("--mode", mode), ("--micro-batch", micro_batch))
+        if v is not None
+    ]
     options = NbBertOptions(
         reading=reading.value if reading is not None else default_reading,
         seq_len=seq_len,
         mode=mode.value if mode is not None else None,
+        micro_batch=micro_batch,
     )
     return options, given
 
@@ -252,6 +257,7 @@ def score(
     reading: Reading = None,
     seq_len: SeqLen = None,
     mode: Mode = None,
+    micro_batch: MicroBatch = None,
     address: Address = None,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
@@ -269,7 +275,7 @@ def score(
     with checking_input():  # the archs table is read again, checked, by score_table
         batch_options = ({} if corpus == "ptb" else {"corpus": corpus}) | protocol_options(protocol)
         model_options = {}
-        nb, given = _nb_bert_options(reading, seq_len, mode)
+        nb, given = _nb_bert_options(reading, seq_len, mode, micro_batch=micro_batch)
         spaces = set(tables.read_table("archs", archs).column("space").to_pylist())
         check_applies(spaces, given=given)
         if NB_BERT in spaces:  # the reading is always recorded (scores column `reading`)
@@ -344,6 +350,7 @@ def reproduce(
     ] = None,
     seq_len: SeqLen = None,
     mode: Mode = None,
+    micro_batch: MicroBatch = None,
     train: Annotated[int, typer.Option(help="also train N of the architectures briefly with Ray Tune and compare")] = 0,
     protocol: Protocol = "released",
     init_seeds: InitSeeds = 1,
@@ -363,9 +370,9 @@ def reproduce(
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
     nb, given = None, []
-    if reading is not None or seq_len is not None or mode is not None:
+    if reading is not None or seq_len is not None or mode is not None or micro_batch is not None:
         one = None if reading in (None, ReadingOrAll.all) else ReadingChoice(reading.value)
-        nb, given = _nb_bert_options(one, seq_len, mode, default_reading="as-scored")
+        nb, given = _nb_bert_options(one, seq_len, mode, default_reading="as-scored", micro_batch=micro_batch)
     readings = READINGS if reading is ReadingOrAll.all else (None,)
     results = {}
     try:

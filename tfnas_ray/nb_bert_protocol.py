@@ -30,11 +30,15 @@ class NbBertOptions:
         seq_len: tokens per batch sequence (None: the protocol's 512).
         mode: "train" (the authors': dropout on, padding mask ignored) or "eval"
             (None: the protocol's "train").
+        micro_batch: rows per forward of the gradient passes (None: the whole batch at
+            once). The values are the whole batch's to round-off (≤ 1e-6 relative, the
+            same dropout masks); memory falls with the rows (bench/RESULTS_nb_bert_memory.md).
     """
 
     reading: str = "described"
     seq_len: int | None = None
     mode: str | None = None
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.reading not in READINGS:
@@ -43,6 +47,8 @@ class NbBertOptions:
             raise TfnasError(f"--seq-len must be in [3, 512] (ELECTRA's position table), got {self.seq_len}")
         if self.mode is not None and self.mode not in MODES:
             raise TfnasError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or self.micro_batch < 1):
+            raise TfnasError(f"--micro-batch must be a positive number of rows, got {self.micro_batch!r}")
 
     @property
     def model_options(self) -> dict:
@@ -55,6 +61,8 @@ class NbBertOptions:
             options["seq_len"] = self.seq_len
         if self.mode is not None:
             options["mode"] = self.mode
+        if self.micro_batch is not None:
+            options["micro_batch"] = self.micro_batch
         return options
 
 

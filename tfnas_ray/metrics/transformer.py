@@ -40,6 +40,7 @@ skipped when no requested metric reads them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping
@@ -47,6 +48,7 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from tfnas_ray.metrics import (
     Direction,
@@ -65,6 +67,9 @@ JACOB_K = 1e-5  # the authors' regulariser in −Σ[log(λ+k) + 1/(λ+k)]
 
 MODES = ("train", "eval")
 BATCH_DEFAULTS = {"batch_size": 128, "seq_len": 512, "mode": "train"}  # the authors' protocol
+# Rows per forward of the gradient passes; None: the whole batch in one forward (13.4 GiB
+# at the protocol). Micro-batches give the same sums (module doc, "Micro-batches").
+MICRO_BATCH_DEFAULT = None
 MLM_MASK_PROB = 0.15  # BERT's and ELECTRA's
 MLM_MASK_SEED = 0  # the masked positions are fixed: every architecture sees the same ones
 
@@ -84,22 +89,28 @@ def nb_bert_batch(options: Mapping) -> dict:
       `[CLS] … [SEP]`, cut or padded to `seq_len` (`document_batch`);
     - mode: "train" (the authors': dropout on, padding mask ignored) or "eval";
     - index (0): minibatch `index` is the next `batch_size` articles after minibatch
-      index−1's (`--batches`).
+      index−1's (`--batches`);
+    - micro_batch (None): rows per forward of the gradient passes (`sum_output`, `mlm`,
+      `grasp`); None runs the whole batch at once. Values are the whole batch's (the same
+      sums, to round-off; dropout masks are the whole batch's rows), memory ~1/k of it.
 
     Raises:
         TfnasError: an unknown option or mode.
     """
     from tfnas_ray.errors import TfnasError
 
-    allowed = [*BATCH_DEFAULTS, "index"]
+    allowed = [*BATCH_DEFAULTS, "index", "micro_batch"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TfnasError(f"nb-bert batch option(s) {unknown} unknown; allowed: {', '.join(allowed)}")
     merged = {**BATCH_DEFAULTS, **options}
     if merged["mode"] not in MODES:
         raise TfnasError(f"--mode {merged['mode']!r} is not one of {', '.join(MODES)}")
+    micro_batch = merged.get("micro_batch", MICRO_BATCH_DEFAULT)
+    if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1):
+        raise TfnasError(f"--micro-batch must be a positive number of rows, got {micro_batch!r}")
     batch = _cached_batch(int(merged["batch_size"]), int(merged["seq_len"]), int(merged.get("index", 0)))
-    return {**batch, "mode": merged["mode"]}
+    return {**batch, "mode": merged["mode"], "micro_batch": micro_batch}
 
 
 def _inputs(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -111,25 +122,163 @@ def _inputs(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor | None, str]
     return ids, (mask.to(ctx.device) if mask is not None and mode == "eval" else None), mode
 
 
-class _Mode:
-    """Put the model in the batch's mode; in train mode, draw dropout from a generator
-    seeded with the architecture's seed (the caller's random state is restored), so the
-    same architecture gets the same values on every worker."""
+_DROPOUT_SIGNATURES = {
+    torch.nn.functional.dropout: (("input", "p", "training", "inplace"), {"p": 0.5, "training": True, "inplace": False}),
+    torch.dropout: (("input", "p", "train"), {}),
+}
+# Dropout kinds whose masks this module cannot draw on the CPU (none of nb-bert's models
+# call them): refused rather than drawn from a device generator without a word.
+_OTHER_DROPOUTS = tuple(
+    getattr(torch.nn.functional, name)
+    for name in ("dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
+)
 
-    def __init__(self, model: nn.Module, mode: str, ctx: MetricContext):
+
+class CpuDropout(TorchFunctionMode):
+    """Every `F.dropout` run inside draws its mask from torch's global CPU generator and
+    moves it to the input's device, so a GPU run draws the masks a CPU run draws (the
+    CUDA generator would give other masks, not round-off).
+
+    The mask is what CPU dropout makes (ATen `_dropout_impl`):
+    noise = empty_like(x).bernoulli_(1 − p) ÷ (1 − p), output x · noise — on the CPU the
+    values are exactly those of `F.dropout`.
+
+    Micro-batches (`batch_size` given, then `rows(...)` before each forward): the masks
+    are the whole batch's. The first forward draws, at each dropout call, the mask of all
+    `batch_size` rows (as the whole batch's forward would, in the same order; one bit an
+    element is kept) and every forward uses its rows of it, so a micro-batched pass sees
+    the same masks as the whole batch. A later forward of the same rows (GraSP's second
+    round) sees them again.
+
+    Args:
+        batch_size: rows of the whole batch; None: each forward is the whole batch.
+
+    Raises:
+        MetricFailure: a dropout kind without a CPU mask here, or (micro-batches) a
+            non-contiguous input or call sites that differ between forwards.
+    """
+
+    def __init__(self, batch_size: int | None = None):
+        super().__init__()
+        self._batch_size = batch_size
+        self._rows: slice | None = None  # rows of the forward running now (micro-batches)
+        self._site = 0  # index of the next dropout call in that forward
+        self._keep: list[tuple[tuple[int, ...], torch.Tensor]] = []  # per call site: (row shape, the whole batch's 0/1 mask, bits packed)
+
+    def rows(self, rows: slice) -> None:
+        """The next forward runs `rows` of the whole batch."""
+        if self._batch_size is None:
+            raise ValueError("rows() needs the whole batch's size (CpuDropout(batch_size=...))")
+        self._rows, self._site = rows, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _DROPOUT_SIGNATURES:
+            names, defaults = _DROPOUT_SIGNATURES[func]
+            bound = {**defaults, **dict(zip(names, args)), **kwargs}
+            training = bound.get("training", bound.get("train"))
+            return self._dropout(bound["input"], float(bound["p"]), bool(training), bool(bound.get("inplace", False)))
+        if func in _OTHER_DROPOUTS:
+            raise MetricFailure(f"{func.__name__} has no CPU-drawn mask here; only F.dropout is supported")
+        return func(*args, **kwargs)
+
+    def _dropout(self, x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        if p == 0.0 or not training or x.numel() == 0:
+            return x
+        if p == 1.0:
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            return x.mul_(zero) if inplace else x * zero
+        if self._rows is None:
+            noise = torch.empty_like(x, device="cpu").bernoulli_(1 - p).div_(1 - p)
+        else:
+            noise = self._site_rows(x, p).to(x.dtype).div_(1 - p)
+        noise = noise.to(x.device)
+        return x.mul_(noise) if inplace else x * noise
+
+    def _site_rows(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Rows `rows(...)` of the whole batch's 0/1 mask of the next call site (float32, CPU)."""
+        site, self._site = self._site, self._site + 1
+        if site == len(self._keep):
+            if not x.is_contiguous():
+                # the whole batch's input would be laid out otherwise: its draws differ
+                raise MetricFailure(f"dropout input {tuple(x.shape)} is not contiguous: no micro-batched mask")
+            # One draw for the whole batch, as its forward makes. Bernoulli draws do not
+            # depend on the dtype they are written in (torch's CPU kernel draws into an
+            # int32 buffer, then casts), so int32 avoids a second buffer; kept packed, 8
+            # to a byte, packed a few rows at a time.
+            drawn = torch.empty((self._batch_size, *x.shape[1:]), dtype=torch.int32).bernoulli_(1 - p)
+            flat = drawn.view(self._batch_size, -1)
+            step = max(1, (1 << 24) // max(1, flat.shape[1]))
+            packed = torch.cat([_pack_codes(flat[i : i + step]) for i in range(0, self._batch_size, step)])
+            del drawn, flat
+            self._keep.append((tuple(x.shape[1:]), packed))
+        shape, packed = self._keep[site]
+        if shape != tuple(x.shape[1:]):
+            raise MetricFailure(f"dropout call {site} has shape {tuple(x.shape[1:])} here, {shape} before")
+        return _unpack_codes(packed[self._rows], math.prod(shape), torch.device("cpu")).view(-1, *shape)
+
+
+class _Mode:
+    """Put the model in the batch's mode; in train mode, draw dropout on the CPU
+    (`CpuDropout`) from torch's generator seeded with the architecture's seed (the
+    caller's random state is restored), so the same architecture gets the same values on
+    every worker and every device.
+
+    `rows(r)` before each forward when the pass runs in micro-batches (`batch_size`)."""
+
+    def __init__(self, model: nn.Module, mode: str, ctx: MetricContext, *, batch_size: int | None = None):
         self._model, self._mode, self._ctx = model, mode, ctx
         self._fork = None
+        self._dropout = CpuDropout(batch_size) if mode == "train" else None
+
+    def rows(self, rows: slice) -> None:
+        if self._dropout is not None:
+            self._dropout.rows(rows)
 
     def __enter__(self):
         self._model.train(self._mode == "train")
+        # the device's generator is forked too: nothing here should draw from it, and if
+        # anything does, the caller's state still comes back
         devices = [self._ctx.device] if self._ctx.device.type == "cuda" else []
         self._fork = torch.random.fork_rng(devices=devices)
         self._fork.__enter__()
         torch.manual_seed(self._ctx.seed)
-        return self._model
+        if self._dropout is not None:
+            self._dropout.__enter__()
+        return self
 
     def __exit__(self, *exc):
-        return self._fork.__exit__(*exc)
+        try:
+            if self._dropout is not None:
+                self._dropout.__exit__(*exc)
+        finally:
+            return self._fork.__exit__(*exc)
+
+
+def _row_blocks(batch_size: int, micro_batch: int | None) -> list[slice]:
+    """The row ranges of the forwards of a pass: the whole batch, or micro-batches."""
+    if micro_batch is None or micro_batch >= batch_size:
+        return [slice(0, batch_size)]
+    return [slice(start, min(start + micro_batch, batch_size)) for start in range(0, batch_size, micro_batch)]
+
+
+def _rows_of(tensor: torch.Tensor | None, rows: slice, blocks: list[slice]) -> torch.Tensor | None:
+    return tensor if tensor is None or len(blocks) == 1 else tensor[rows]
+
+
+def _weighted_mean(parts: list[tuple[float, int]]) -> float:
+    """Mean of per-micro-batch means weighted by their rows; one part is returned as is."""
+    if len(parts) == 1:
+        return parts[0][0]
+    return sum(value * rows for value, rows in parts) / sum(rows for _, rows in parts)
+
+
+def _add_grads(total: list | None, grads) -> list:
+    if total is None:
+        return list(grads)
+    return [t if g is None else (g if t is None else t + g) for t, g in zip(total, grads)]
 
 
 def _wants(ctx: MetricContext, *metrics: str) -> bool:
@@ -204,54 +353,115 @@ _DIVERSITY = ("synaptic_diversity", "synaptic_diversity_normalized")
 _DISTANCE = ("activation_distance", "activation_distance_normalized")
 
 
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_UNPACK = ((torch.arange(256, dtype=torch.uint8)[:, None] & _BITS) != 0).to(torch.float32)  # (256, 8)
+
+
+def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """0/1 rows (b, m) packed 8 to a byte (b, ⌈m/8⌉), on the CPU: the micro-batched
+    NASWOT kernel keeps every row's codes (1/32 of float32) until all rows have run."""
+    b, m = codes.shape
+    padded = nn.functional.pad(codes.to(torch.uint8), (0, (-m) % 8)).view(b, -1, 8)
+    return (padded * _BITS.to(codes.device)).sum(dim=-1, dtype=torch.uint8).cpu()
+
+
+def _unpack_codes(packed: torch.Tensor, m: int, device: torch.device) -> torch.Tensor:
+    return _UNPACK.to(device)[packed.to(device).long()].reshape(packed.shape[0], -1)[:, :m]
+
+
+def _blocked_agreement(packed: list[torch.Tensor], blocks: list[slice], m: int, out: torch.Tensor) -> None:
+    """out += `_agreement` of the rows packed per micro-batch, one block pair at a time.
+    Every entry is an integer below 2^24 in float32, so the blocks give exactly the
+    whole matrix's values."""
+    for i, (rows_i, packed_i) in enumerate(zip(blocks, packed)):
+        codes_i = _unpack_codes(packed_i, m, out.device)
+        s_i = codes_i.sum(dim=1).double()
+        for rows_j, packed_j in list(zip(blocks, packed))[i:]:
+            codes_j = codes_i if rows_j == rows_i else _unpack_codes(packed_j, m, out.device)
+            s_j = codes_j.sum(dim=1).double()
+            block = m - s_i[:, None] - s_j[None, :] + 2.0 * (codes_i @ codes_j.T).double()
+            out[rows_i, rows_j] += block
+            if rows_j != rows_i:
+                out[rows_j, rows_i] += block.T
+
+
 @register_pass(SPACE, "sum_output")
 def sum_output_pass(ctx: MetricContext) -> SumOutputPass:
     """Forward on the minibatch with hooks, then ∂R/∂θ of R = Σ last_hidden_state for the
     weights the paper's columns read (autograd.grad: no gradient is accumulated for the
-    word embeddings or any parameter no column reads)."""
+    word embeddings or any parameter no column reads). In micro-batches (the batch's
+    `micro_batch`): gradients summed, means weighted by rows, the first sequence's
+    activation distance from the first micro-batch, NASWOT's codes kept packed until the
+    B × B kernel is formed."""
     model = ctx.model()
     ids, mask, mode = _inputs(ctx)
     B = ids.shape[0]
+    blocks = _row_blocks(B, ctx.batch.get("micro_batch"))
     want_kernel = _wants(ctx, "naswot")
     want_distance = _wants(ctx, *_DISTANCE)
 
-    head_confidence: list[float] = []
+    # per micro-batch: one value per hook call, in call order
+    head_confidence: list[list[float]] = []
+    softmax_confidence: list[list[float]] = []
     activation_distance: list[float] = []
+    packed_codes: list[list[torch.Tensor]] = []  # per activation, per micro-batch
+    code_width: list[int] = []
     naswot_kernel = torch.zeros(B, B, dtype=torch.float64, device=ctx.device) if want_kernel else None
+    rows = blocks[0]
+    activation_index = 0
 
     def projection_hook(module, inputs, output):  # output (B, T, D)
-        head_confidence.append(float(output.detach().max(dim=1).values.mean()))
+        head_confidence[-1].append(float(output.detach().max(dim=1).values.mean()))
 
     def activation_hook(module, inputs, output):  # output (B, T, F), after GELU
+        nonlocal activation_index
         codes = (output.detach() > 0).to(torch.float32)
-        if want_distance:
+        if want_distance and rows.start == 0:
             # the authors read the first sequence, tokens as rows: (T, F) → K (T, T)
             activation_distance.append(float(_agreement(codes[0]).sum()))
         if want_kernel:
-            naswot_kernel.add_(_agreement(codes.reshape(B, -1)))  # (B, T·F) → (B, B)
+            if len(blocks) == 1:
+                naswot_kernel.add_(_agreement(codes.reshape(B, -1)))  # (B, T·F) → (B, B)
+            else:
+                if rows.start == 0:
+                    packed_codes.append([])
+                    code_width.append(codes[0].numel())
+                packed_codes[activation_index].append(_pack_codes(codes.reshape(codes.shape[0], -1)))
+        activation_index += 1
 
     projections, operation_linears, ffn_linears = _paper_modules(model)
     handles = [p.register_forward_hook(projection_hook) for p in projections]
     if want_distance or want_kernel:
         handles += [block.register_forward_hook(activation_hook) for layer in model.layers for block in layer.intermediate.layers]
+    position = model.embeddings.position_embeddings.weight
+    weights = [l.weight for l in projections + operation_linears + ffn_linears]
+    unique = list({id(w): w for w in weights}.values())
+    grads = None
     try:
-        with _Mode(model, mode, ctx):
-            out = model(ids, mask, output_attentions=True)
-            # The authors: torch.max(scores, 1) — axis 1 is the head axis of (B, nh, T, ·).
-            softmax_confidence = [float(s.detach().max(dim=1).values.mean()) for s in out.attentions]
-            position = model.embeddings.position_embeddings.weight
-            weights = [l.weight for l in projections + operation_linears + ffn_linears]
-            unique = list({id(w): w for w in weights}.values())
-            grads = torch.autograd.grad(out.last_hidden_state.sum(), unique + [position])
+        with _Mode(model, mode, ctx, batch_size=B if len(blocks) > 1 else None) as run:
+            for rows in blocks:
+                if len(blocks) > 1:
+                    run.rows(rows)
+                head_confidence.append([])
+                activation_index = 0
+                out = model(_rows_of(ids, rows, blocks), _rows_of(mask, rows, blocks), output_attentions=True)
+                # The authors: torch.max(scores, 1) — axis 1 is the head axis of (B, nh, T, ·).
+                softmax_confidence.append([float(s.detach().max(dim=1).values.mean()) for s in out.attentions])
+                grads = _add_grads(grads, torch.autograd.grad(out.last_hidden_state.sum(), unique + [position]))
+                del out
     finally:
         for handle in handles:
             handle.remove()
+    if want_kernel and len(blocks) > 1:
+        for packed, width in zip(packed_codes, code_width):
+            _blocked_agreement(packed, blocks, width, naswot_kernel)
+    sizes = [r.stop - r.start for r in blocks]
     grad_of = {id(w): g for w, g in zip(unique, grads)}
     want_diversity = _wants(ctx, *_DIVERSITY)
     T = ids.shape[1]
     return SumOutputPass(
-        head_confidence=tuple(head_confidence),
-        softmax_confidence=tuple(softmax_confidence),
+        head_confidence=tuple(_weighted_mean(list(zip(v, sizes))) for v in zip(*head_confidence)),
+        softmax_confidence=tuple(_weighted_mean(list(zip(v, sizes))) for v in zip(*softmax_confidence)),
         head_importance=tuple(_saliency(l.weight, grad_of[id(l.weight)]) for l in projections),
         synaptic_diversity=tuple(_diversity(l.weight, grad_of[id(l.weight)]) for l in operation_linears) if want_diversity else (),
         synaptic_saliency=tuple(_saliency(l.weight, grad_of[id(l.weight)]) for l in ffn_linears),
@@ -297,11 +507,29 @@ def _with_head(ctx: MetricContext, model: nn.Module) -> nn.Module:
         return MLMModel(model).to(ctx.device)
 
 
-def _mlm_loss(mlm: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy of the head's logits at the chosen positions."""
+def _mlm_loss(
+    mlm: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None, labels: torch.Tensor, *, chosen_in_batch: int | None = None
+) -> torch.Tensor:
+    """Mean cross entropy of the head's logits at the chosen positions. For a micro-batch,
+    `chosen_in_batch` is the whole batch's number of chosen positions: the micro-batch's
+    sum over that, so that the micro-batches' losses add up to the whole batch's."""
     hidden = mlm.encoder(inputs, mask).last_hidden_state  # (B, T, H)
     chosen = labels != -100
-    return nn.functional.cross_entropy(mlm.head(hidden[chosen]), labels[chosen])
+    if chosen_in_batch is None:
+        return nn.functional.cross_entropy(mlm.head(hidden[chosen]), labels[chosen])
+    return nn.functional.cross_entropy(mlm.head(hidden[chosen]), labels[chosen], reduction="sum") / chosen_in_batch
+
+
+def _micro_losses(mlm, run: "_Mode", blocks: list[slice], inputs, mask, labels):
+    """The MLM loss of each forward of a pass (one, or one per micro-batch), computed as
+    the iteration reaches it."""
+    if len(blocks) == 1:
+        yield blocks[0], _mlm_loss(mlm, inputs, mask, labels)
+        return
+    chosen = int((labels != -100).sum())
+    for rows in blocks:
+        run.rows(rows)
+        yield rows, _mlm_loss(mlm, inputs[rows], _rows_of(mask, rows, blocks), labels[rows], chosen_in_batch=chosen)
 
 
 @dataclass(frozen=True)
@@ -333,6 +561,8 @@ def mlm_pass(ctx: MetricContext) -> MlmPass:
     mlm = _with_head(ctx, ctx.model())
     ids, mask, mode = _inputs(ctx)
     inputs, labels = mlm_inputs(ids, ctx.batch.get("attention_mask"), vocab_size=mlm.head.decoder.out_features)
+    B = ids.shape[0]
+    blocks = _row_blocks(B, ctx.batch.get("micro_batch"))
     activations: list[torch.Tensor] = []
     handles = [
         block.register_forward_hook(lambda m, i, out: activations.append(out))
@@ -340,25 +570,38 @@ def mlm_pass(ctx: MetricContext) -> MlmPass:
         for block in layer.intermediate.layers
     ]
     params = list(mlm.parameters())  # the tied embedding/decoder weight once
+    param_grads_list = None
+    fisher = 0.0
+    fisher_sums: list[torch.Tensor] = []  # micro-batches: per activation, Σ_b (Σ_t a ⊙ ∂L/∂a)², (F,)
     try:
-        with _Mode(mlm, mode, ctx):
-            loss = _mlm_loss(mlm, inputs, mask, labels)
-            grads = torch.autograd.grad(loss, params + activations, allow_unused=True)
+        with _Mode(mlm, mode, ctx, batch_size=B if len(blocks) > 1 else None) as run:
+            for _, loss in _micro_losses(mlm, run, blocks, inputs, mask, labels):
+                grads = torch.autograd.grad(loss, params + activations, allow_unused=True)
+                param_grads_list = _add_grads(param_grads_list, grads[: len(params)])
+                for index, (a, g) in enumerate(zip(activations, grads[len(params):])):
+                    per_sample = (a.detach() * g).sum(dim=1)  # (B, F): Σ over tokens
+                    if len(blocks) == 1:
+                        fisher += float(0.5 * per_sample.double().pow(2).mean(dim=0).sum())
+                    elif index == len(fisher_sums):
+                        fisher_sums.append(per_sample.double().pow(2).sum(dim=0))
+                    else:
+                        fisher_sums[index] += per_sample.double().pow(2).sum(dim=0)
+                activations.clear()
+                del loss, grads
     finally:
         for handle in handles:
             handle.remove()
-    param_grads = dict(zip(map(id, params), grads[: len(params)]))
-    fisher = 0.0
-    for a, g in zip(activations, grads[len(params):]):
-        per_sample = (a.detach() * g).sum(dim=1)  # (B, F): Σ over tokens
-        fisher += float(0.5 * per_sample.double().pow(2).mean(dim=0).sum())
+    for sums in fisher_sums:
+        fisher += float(0.5 * (sums / B).sum())
+    grads = param_grads_list
+    param_grads = dict(zip(map(id, params), grads))
     projections, operation_linears, ffn_linears = _paper_modules(mlm.encoder)
 
     def grad(p):
         g = param_grads[id(p)]
         return torch.zeros_like(p) if g is None else g
 
-    reached = [(p, g) for p, g in zip(params, grads[: len(params)]) if g is not None]
+    reached = [(p, g) for p, g in zip(params, grads) if g is not None]
     T = ids.shape[1]
     return MlmPass(
         head_importance=tuple(_saliency(l.weight, grad(l.weight)) for l in projections),
@@ -381,8 +624,28 @@ def grasp_pass(ctx: MetricContext) -> float:
     ids, mask, mode = _inputs(ctx)
     inputs, labels = mlm_inputs(ids, ctx.batch.get("attention_mask"), vocab_size=mlm.head.decoder.out_features)
     params = list(mlm.parameters())
-    with _Mode(mlm, mode, ctx):
-        return grasp_saliency(_mlm_loss(mlm, inputs, mask, labels), params)
+    blocks = _row_blocks(ids.shape[0], ctx.batch.get("micro_batch"))
+    with _Mode(mlm, mode, ctx, batch_size=ids.shape[0] if len(blocks) > 1 else None) as run:
+        if len(blocks) == 1:
+            return grasp_saliency(_mlm_loss(mlm, inputs, mask, labels), params)
+        # Micro-batches: g = Σ_k ∂L_k/∂θ first, then H g = Σ_k ∂(g·∂L_k/∂θ)/∂θ (H is
+        # linear in the loss), each micro-batch's forward run once per round.
+        g = None
+        for _, loss in _micro_losses(mlm, run, blocks, inputs, mask, labels):
+            g = _add_grads(g, torch.autograd.grad(loss, params, allow_unused=True))
+        reached = [(p, gp.detach()) for p, gp in zip(params, g) if gp is not None]
+        hessian_g = None
+        for _, loss in _micro_losses(mlm, run, blocks, inputs, mask, labels):
+            first = torch.autograd.grad(loss, [p for p, _ in reached], create_graph=True, allow_unused=True)
+            terms = [(gp * f).sum() for (_, gp), f in zip(reached, first) if f is not None and f.requires_grad]
+            if terms:
+                hg = torch.autograd.grad(sum(terms), [p for p, _ in reached], allow_unused=True)
+                hessian_g = _add_grads(hessian_g, hg)
+    total = 0.0
+    for (weight, _), hg in zip(reached, hessian_g or []):
+        if hg is not None:
+            total -= float((weight.detach().double() * hg.double()).sum())
+    return total
 
 
 @register_pass(SPACE, "synflow")

@@ -13,6 +13,8 @@ reads the same node is one matmul as soon as that node exists.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from typing import Protocol
 
 import torch
@@ -20,6 +22,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfnas_ray.spaces.nasbench_nlp.recipe import Recipe
+
+# CUDA graphs for gradient-free forwards are opt-in until a GPU has measured that they pay:
+# captured per call and thrown away, they may cost more (a synchronisation and a cache
+# flush per capture) than the launches they save.
+CUDA_GRAPHS_ENV = "TFNAS_CUDA_GRAPHS"
+
+
+def cuda_graphs_enabled() -> bool:
+    """Whether gradient-free CUDA forwards record the step as a CUDA graph: set
+    TFNAS_CUDA_GRAPHS=1 (read at every forward, so Ray workers started with it see it)."""
+    return os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# Set after the first failed capture: the process then runs the eager loop without trying
+# again (one warning, not one per layer and window).
+_capture_failed: list[str] = []
 
 _ACTIVATIONS = {
     "activation_tanh": torch.tanh,
@@ -134,7 +152,9 @@ class RecurrentLayer(nn.Module):
 
         Args:
             capture: record the step once and replay it (`_captured_steps`); None: on
-                CUDA, without gradients, in eval mode. Values are those of the loop.
+                CUDA, without gradients, in eval mode, when `cuda_graphs_enabled()`.
+                Values are those of the loop; a capture that fails falls back to the
+                loop with one warning per process.
 
         Returns:
             outputs (T, B, H): h_new_0 after every step; the final hidden tuple.
@@ -161,10 +181,14 @@ class RecurrentLayer(nn.Module):
             for source, readers in self._readers.items()
         }
 
-        if capture is None:  # auto: CUDA, gradient-free, eval — where launches dominate
-            capture = inputs.is_cuda and not torch.is_grad_enabled() and not self.training
-        if capture:
-            return self._captured_steps(x_slices, tuple(hidden), source_weights, T, layer_index, recorder)
+        if capture is None:  # auto: opted in, CUDA, gradient-free, eval — where launches dominate
+            capture = (
+                cuda_graphs_enabled() and inputs.is_cuda and not torch.is_grad_enabled() and not self.training
+            )
+        if capture and not _capture_failed:
+            captured = self._captured_steps(x_slices, tuple(hidden), source_weights, T, layer_index, recorder)
+            if captured is not None:
+                return captured
         outputs = []
         state = tuple(hidden)
         for t in range(T):
@@ -223,6 +247,10 @@ class RecurrentLayer(nn.Module):
         node's output, handed to the recorder after each replay). Off CUDA the same
         buffers are refilled by re-running the step eagerly (`_EagerStepGraph`), which
         only exists so that this logic is tested without a GPU.
+
+        Returns:
+            (outputs, final hidden tuple), or None when recording the step failed (the
+            caller then runs the plain loop; `_capture_failed` keeps it from retrying).
         """
         static_x = {node: [chunks[0].clone() for chunks in slices] for node, slices in x_slices.items()}
         static_state = tuple(h.clone() for h in state)
@@ -232,8 +260,21 @@ class RecurrentLayer(nn.Module):
             activations.rewind()
             return self._step(static_x, static_state, source_weights, layer_index, 0, activations, None)
 
-        graph = _CudaStepGraph() if static_state[0].is_cuda else _EagerStepGraph()
-        new_state = graph.capture(step)
+        graph = _step_graph(static_state[0])
+        try:
+            new_state = graph.capture(step)
+        except torch.OutOfMemoryError:
+            raise  # not a capture fault: the scorer's out-of-memory handling decides
+        except RuntimeError as error:  # torch reports capture faults as RuntimeError
+            # Nothing was handed to the recorder yet: the caller reruns the plain loop.
+            _capture_failed.append(str(error))
+            warnings.warn(
+                f"recording the recurrent step as a graph failed ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                "running the step loop instead for the rest of this process",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
         outputs = []
         for t in range(T):
             for node, slices in x_slices.items():
@@ -289,6 +330,11 @@ class _CudaStepGraph:
 
     def replay(self) -> None:
         self._graph.replay()
+
+
+def _step_graph(like: torch.Tensor):
+    """The recorder of a step for tensors like `like` (a seam: tests inject a failing one)."""
+    return _CudaStepGraph() if like.is_cuda else _EagerStepGraph()
 
 
 class _EagerStepGraph:
