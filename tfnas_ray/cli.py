@@ -299,7 +299,7 @@ def correlate(
         scores_table, added = run_baselines(
             scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
         )
-        if archs is None and not locate(scores).parent().child("archs.parquet").exists():
+        if archs is None and not locate(scores).parent.child("archs.parquet").exists():
             typer.echo("note: no archs.parquet beside the scores: only the baselines that were scored are compared (give --archs)", err=True)
         names = _metric_names(metric)
         table = correlate_tables(

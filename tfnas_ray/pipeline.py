@@ -70,7 +70,7 @@ def run_baselines(scores_dir: str | os.PathLike | Location, scores: pa.Table, *,
     from tfnas_ray.plans import plans_in
 
     where = locate(scores_dir)
-    archs_at = locate(archs) if archs is not None else where.parent().child("archs.parquet")
+    archs_at = locate(archs) if archs is not None else where.parent.child("archs.parquet")
     if archs is None and not archs_at.exists():
         return scores, []
     batch, model = {}, {}
