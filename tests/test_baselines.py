@@ -156,7 +156,9 @@ def test_tfnas_metrics_marks_the_baselines():
     result = CliRunner().invoke(app, ["metrics"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    marked = {line.split()[1] for line in lines if line.startswith("B ")}
+    # name, then `*` (formula differs per space) and `B` (a baseline), then the space
+    marked = {line.split()[0] for line in lines if line.split()[1:2] in (["B"], ["*B"])}
     assert {"num_layers", "cell_depth", "flops_per_token", "params"} <= marked
-    assert not any(line.split()[1] == "hidden_cov" for line in lines if line.startswith("B "))
+    assert "hidden_cov" not in marked and "head_confidence" not in marked
+    assert next(l for l in lines if l.startswith("cell_depth ")).split()[1:3] == ["B", "nb-nlp"]
     assert any(line.startswith("B a trivial baseline") for line in lines)

@@ -195,10 +195,10 @@ def metrics() -> None:
         mark = "*" if metric.differs_between_spaces else " "
         kind = "B" if metric.baseline else " "
         for space, impl in metric.impls.items():
-            typer.echo(f"{kind} {name:28s}{mark} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
+            typer.echo(f"{name:28s}{mark}{kind} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
             for protocol, variant in impl.variants.items():
                 if variant.differs:
-                    typer.echo(f"  {'':28s}  {space:8s} --protocol {protocol}: {variant.summary}")
+                    typer.echo(f"{'':28s}   {space:8s} --protocol {protocol}: {variant.summary}")
     typer.echo("* the same name computes a different formula per space (each line gives its space's); do not compare its values across spaces")
     typer.echo("B a trivial baseline: read from the spec, direction declared a priori (bigger predicts better); `correlate` sets every metric against the best one")
 
