@@ -488,8 +488,10 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
         best_row = next((r for r in of_target if r["metric"] == best), None)
         tau = num(best_row["kendall_tau"]) if best_row is not None else "nan"
         counts = {v: sum(r["verdict"] == v for r in others) for v in VERDICTS}
-        summary = f"{target}: best baseline {best} (τ {tau}); of {len(others)} other metrics "
-        summary += f"{counts['beats']} beat it, {counts['does not beat']} do not, {counts['indistinguishable']} are indistinguishable from it"
+        summary = f"{target}: best baseline {best} (τ {tau})"
+        if others:
+            summary += f"; of {len(others)} other metrics {counts['beats']} beat it, {counts['does not beat']} do not, "
+            summary += f"{counts['indistinguishable']} are indistinguishable from it"
         if others and not counts["beats"]:
             summary += " — no training-free metric beats the baseline"
         lines.append(summary)
