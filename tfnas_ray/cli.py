@@ -296,18 +296,21 @@ def correlate(
     with checking_input():  # everything is input until the table is written
         locate(out)
         config = CorrelationConfig(resamples=resamples, seed=seed)
-        scores_table, added = run_baselines(
+        scores_table, _ = run_baselines(
             scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
         )
         if archs is None and not locate(scores).parent.child("archs.parquet").exists():
             typer.echo("note: no archs.parquet beside the scores: only the baselines that were scored are compared (give --archs)", err=True)
         names = _metric_names(metric)
+        if names:  # the baselines at hand join the metrics asked for: they are the comparison
+            present = set(scores_table.column("metric").to_pylist())
+            names += [b for b in baselines() if b in present and b not in names]
         table = correlate_tables(
             scores_table,
             tables.read_table("truth", truth),
             config=config,
             directions=directions(),
-            metrics=names + [b for b in added if b not in names] if names else None,
+            metrics=names,
             baselines=baselines(),
         )
     tables.write_table("correlations", table, out)
