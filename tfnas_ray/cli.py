@@ -299,11 +299,11 @@ def correlate(
         scores_table, _ = run_baselines(
             scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
         )
-        if archs is None and not locate(scores).parent.child("archs.parquet").exists():
-            typer.echo("note: no archs.parquet beside the scores: only the baselines that were scored are compared (give --archs)", err=True)
+        present = set(scores_table.column("metric").to_pylist())
+        if not present & set(baselines()):
+            typer.echo("note: no baseline to compare against: no archs.parquet beside the scores and none scored (give --archs)", err=True)
         names = _metric_names(metric)
         if names:  # the baselines at hand join the metrics asked for: they are the comparison
-            present = set(scores_table.column("metric").to_pylist())
             names += [b for b in baselines() if b in present and b not in names]
         table = correlate_tables(
             scores_table,
