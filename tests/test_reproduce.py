@@ -30,6 +30,13 @@ def test_reproduce_writes_the_four_tables_and_prints_the_correlations(ray_cluste
     assert by_pair[("params", "num_params")]["pearson_r"] == 1.0
     assert by_pair[("hidden_cov", "test_loss")]["n"] == 12
     assert "hidden_cov" in result.output and "test_loss" in result.output
+    # The trivial baselines beside the metrics, computed from the specs (never scored),
+    # and hidden_cov set against the best of them.
+    assert {"cell_nodes", "linear_nodes", "cell_depth", "flops_per_token"} <= {m for m, _ in by_pair}
+    assert by_pair[("cell_depth", "test_loss")]["is_baseline"] and not by_pair[("hidden_cov", "test_loss")]["is_baseline"]
+    assert by_pair[("hidden_cov", "test_loss")]["baseline"] in {"cell_nodes", "linear_nodes", "cell_depth", "flops_per_token", "params"}
+    assert by_pair[("hidden_cov", "test_loss")]["verdict"] in {"beats", "does not beat", "indistinguishable"}
+    assert "test_loss: best baseline " in result.output
 
 
 def test_reproduce_refuses_as_trained_outside_nb_bert(ray_cluster, tmp_path):

@@ -204,17 +204,20 @@ def benchmarks() -> None:
 @app.command()
 def metrics() -> None:
     """List the metrics: name, space, declared direction, cost, and what it computes on
-    that space. A `*` marks a name whose formula differs between spaces."""
+    that space. A `*` marks a name whose formula differs between spaces; `B` a trivial
+    baseline, which every comparison sets the other metrics against."""
     from tfnas_ray.metrics import load_metrics
 
     for name, metric in load_metrics().items():
         mark = "*" if metric.differs_between_spaces else " "
+        kind = "B" if metric.baseline else " "
         for space, impl in metric.impls.items():
-            typer.echo(f"{name:28s}{mark} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
+            typer.echo(f"{name:28s}{mark}{kind} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
             for protocol, variant in impl.variants.items():
                 if variant.differs:
-                    typer.echo(f"{'':28s}  {space:8s} --protocol {protocol}: {variant.summary}")
+                    typer.echo(f"{'':28s}   {space:8s} --protocol {protocol}: {variant.summary}")
     typer.echo("* the same name computes a different formula per space (each line gives its space's); do not compare its values across spaces")
+    typer.echo("B a trivial baseline: read from the spec, direction declared a priori (bigger predicts better); `correlate` sets every metric against the best one")
 
 
 @app.command()
@@ -302,26 +305,38 @@ def correlate(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
     plan: Annotated[Optional[str], typer.Option(help="a directory holding several scoring plans: the plan id (or a prefix) to read; default the newest")] = None,
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics or ensemble:a+b to correlate (default: every metric)")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics or ensemble:a+b to correlate (default: every metric, and the baselines)")] = None,
+    archs: Annotated[Optional[str], typer.Option(help="archs table the baselines are computed from (default: archs.parquet beside the scores directory, if there is one)")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
-    against every target, signed. A directory of shards is read one scoring plan at a
-    time, never averaged over plans."""
+    against every target, signed, and each metric against the best trivial baseline
+    (paired bootstrap of the τ difference). A directory of shards is read one scoring
+    plan at a time, never averaged over plans."""
     from tfnas_ray import tables
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
-    from tfnas_ray.pipeline import directions
+    from tfnas_ray.pipeline import baselines, directions, run_baselines
     from tfnas_ray.plans import read_scores
     from tfnas_ray.storage import locate
 
     with checking_input():  # everything is input until the table is written
         locate(out)
         config = CorrelationConfig(resamples=resamples, seed=seed)
+        scores_table, _ = run_baselines(
+            scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
+        )
+        present = set(scores_table.column("metric").to_pylist())
+        if not present & set(baselines()):
+            typer.echo("note: no baseline to compare against: no archs.parquet beside the scores and none scored (give --archs)", err=True)
+        names = _metric_names(metric)
+        if names:  # the baselines at hand join the metrics asked for: they are the comparison
+            names += [b for b in baselines() if b in present and b not in names]
         table = correlate_tables(
-            read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)),
+            scores_table,
             tables.read_table("truth", truth),
             config=config,
             directions=directions(),
-            metrics=_metric_names(metric),
+            metrics=names,
+            baselines=baselines(),
         )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from tfnas_ray import tables
 from tfnas_ray.benchmarks import get_benchmark
@@ -46,6 +47,44 @@ def sample_archs(space_name: str, n: int, *, seed: int, space_file: str | None =
 
 def directions() -> dict[str, str]:
     return {name: metric.direction.value for name, metric in load_metrics().items()}
+
+
+def baselines() -> list[str]:
+    """Every metric registered as a trivial baseline (metrics/baselines.py)."""
+    return [name for name, metric in load_metrics().items() if metric.baseline]
+
+
+def with_baselines(scores: pa.Table, archs: pa.Table, *, batch_options=None, model_options=None) -> tuple[pa.Table, list[str]]:
+    """`scores` plus the rows of every baseline of `archs`'s spaces that it lacks,
+    computed from the specs (free: no Ray, no model); and the names of those added."""
+    from tfnas_ray.metrics.baselines import baseline_scores
+
+    have = set(scores.column("metric").to_pylist())
+    added = baseline_scores(archs, batch_options=batch_options, model_options=model_options, skip=sorted(have))
+    if not added.num_rows:
+        return scores, []
+    merged = pa.concat_tables([tables.conform("scores", scores), added], promote_options="permissive")
+    return merged, list(dict.fromkeys(added.column("metric").to_pylist()))
+
+
+def run_baselines(scores_dir: str | os.PathLike | Location, scores: pa.Table, *, archs=None, plan: str | None = None) -> tuple[pa.Table, list[str]]:
+    """`with_baselines` for a scores directory: the specs from `archs` (default
+    archs.parquet beside the directory, as `reproduce` lays it out; nothing is added
+    when there is none), the batch and model options from the scoring plan read
+    (`plan`, default the newest), so the FLOPs are counted at the scored length."""
+    from tfnas_ray.plans import plans_in
+
+    where = locate(scores_dir)
+    archs_at = locate(archs) if archs is not None else where.parent.child("archs.parquet")
+    if archs is None and not archs_at.exists():
+        return scores, []
+    batch, model = {}, {}
+    if where.exists() and where.file_type() == pafs.FileType.Directory:
+        plans = plans_in(where)
+        chosen = [p for p in plans if plan is not None and p.plan_id.startswith(plan)] or plans[-1:]
+        if chosen:
+            batch, model = dict(chosen[0].identity.get("batch") or {}), dict(chosen[0].identity.get("model") or {})
+    return with_baselines(scores, tables.read_table("archs", archs_at), batch_options=batch, model_options=model)
 
 
 def protocol_options(protocol: str) -> dict[str, str]:
@@ -318,13 +357,16 @@ def _reproduce_into(
     connect(address)
     summary = run_repeated_scoring(archs, out.child("scores"), config, repeats, progress=progress, log=log)
     targets = [bench.primary_target] + [t for t in dict.fromkeys(truth.column("target").to_pylist()) if t != bench.primary_target]
+    # The trivial baselines beside every metric: free, computed from the specs, not scored.
+    scores, added = with_baselines(summary.table, archs, batch_options=config.batch_options, model_options=config.model_options)
     correlations = correlate(
-        summary.table,
+        scores,
         truth,
         config=CorrelationConfig(resamples=resamples, seed=config.seed),
         directions=directions(),
-        metrics=list(config.metrics),
+        metrics=list(config.metrics) + added,
         targets=targets,
+        baselines=baselines(),
     )
     checks = ()
     if nb is not None:
@@ -422,7 +464,8 @@ def evaluation_inputs(
             bench, archs, truth = export_benchmark(source, out, limit=limit)
             connect(address)
             summary = run_scoring(archs, out.child("scores"), config, progress=progress, log=log)
-        return EvaluationInputs(out, summary.table, truth, bench.primary_target, list(config.metrics), summary)
+        scores, added = with_baselines(summary.table, archs, batch_options=config.batch_options, model_options=config.model_options)
+        return EvaluationInputs(out, scores, truth, bench.primary_target, list(config.metrics) + added, summary)
     where = locate(source)
     if not where.child("truth.parquet").exists() or not where.child("scores").exists():
         raise InputError(
@@ -440,6 +483,7 @@ def evaluation_inputs(
         named = [s for s in sources if s in benchmarks]
         if len(named) == 1:
             primary = benchmarks.get(named[0]).primary_target
+    scores, _ = run_baselines(where.child("scores"), scores)  # baselines are candidates and comparisons too
     metrics = list(dict.fromkeys(scores.column("metric").to_pylist()))
     return EvaluationInputs(where, scores, truth, primary, metrics)
 

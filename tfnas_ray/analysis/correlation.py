@@ -10,6 +10,17 @@ a rank ensemble `ensemble:a+b` (analysis.ranking) is correlated through its meri
 is oriented so that higher predicts better (a single metric keeps its raw values);
 each truth row is one observation (a benchmark that trained one cell twice contributes
 both runs, as the published per-run results do).
+
+Against the baselines: for each target, the *best baseline* is the trivial baseline
+(metrics/baselines.py, `params` included) with the highest oriented τ — τ times the
+sign of its declared direction times the sign of the target's (a loss is lower-is-
+better), so that > 0 always means "ranks like the truth". Every other metric is set
+against it on the very same truth rows (those where the metric, the baseline and the
+target all have a value) by `paired_tau_difference`: the difference of oriented τs
+and its paired percentile bootstrap interval (both τs computed on the same resample of
+architectures), with a verdict: "beats" (interval above 0), "does not beat" (below 0:
+the baseline ranks better) or "indistinguishable" (the interval covers 0). Choosing
+the best of several baselines on the same data favours the baselines, never the metric.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -91,6 +103,103 @@ def correlate_pair(x, y, config: CorrelationConfig = CorrelationConfig()) -> dic
         row["spearman_lo"], row["spearman_hi"] = np.nanquantile(rhos, [lo_q, hi_q]).tolist()
     else:
         row |= {"kendall_lo": math.nan, "kendall_hi": math.nan, "spearman_lo": math.nan, "spearman_hi": math.nan}
+    return row
+
+
+VERDICTS = ("beats", "does not beat", "indistinguishable")
+
+# Above this many rows the (n, n) pair matrices of `kendall_tau_b_resampled` (3 × 8n²
+# bytes) would not fit comfortably; scipy is called once per resample instead.
+_PAIR_MATRIX_MAX_N = 3000
+
+
+def _pair_matrices(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, Tx, Ty), (n, n) float64: S = sign(xi − xj)·sign(yi − yj), Tx = [xi = xj],
+    Ty = [yi = yj] (the diagonal of Tx and Ty is 1, of S 0)."""
+    dx, dy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    return dx * dy, (dx == 0).astype(np.float64), (dy == 0).astype(np.float64)
+
+
+def kendall_tau_b_resampled(x, y, counts) -> np.ndarray:
+    """Kendall τ-b of (x[idx], y[idx]) for every resample, given as `counts` (B, n): how
+    many times each row was drawn. Equal to `scipy.stats.kendalltau(x[idx], y[idx],
+    variant='b')` (a test checks it), computed from pair counts instead of sorting:
+    with weights w (N = Σw rows drawn), C − D = ½ wᵀSw, the pairs tied in x are
+    ½(wᵀ·Tx·w − N) (a row drawn twice is tied with itself), n₀ = N(N − 1)/2 and
+    τ-b = (C − D) / √((n₀ − n₁)(n₀ − n₂)); NaN where a side is constant.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))  # (B, n)
+    if x.size > _PAIR_MATRIX_MAX_N:
+        out = np.empty(counts.shape[0])
+        for b, w in enumerate(counts):
+            idx = np.repeat(np.arange(x.size), w.astype(np.int64))
+            out[b] = _kendall(x[idx], y[idx]) if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0 else math.nan
+        return out
+    S, Tx, Ty = _pair_matrices(x, y)
+    N = counts.sum(axis=1)
+    n0 = N * (N - 1) / 2
+    concordance = 0.5 * np.einsum("bi,bi->b", counts @ S, counts)
+    ties_x = 0.5 * (np.einsum("bi,bi->b", counts @ Tx, counts) - N)
+    ties_y = 0.5 * (np.einsum("bi,bi->b", counts @ Ty, counts) - N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denominator = np.sqrt((n0 - ties_x) * (n0 - ties_y))
+        return np.where(denominator > 0, concordance / denominator, math.nan)
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, n) draw counts of `resamples` bootstrap resamples of n rows (each n
+    rows drawn uniformly with replacement)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+
+
+def verdict(lo: float, hi: float) -> str | None:
+    """The verdict of a difference interval: above 0, below 0, or covering it."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return VERDICTS[0] if lo > 0 else VERDICTS[1] if hi < 0 else VERDICTS[2]
+
+
+def paired_tau_difference(
+    x, baseline, y, *, sign_x: int = 1, sign_baseline: int = 1, config: CorrelationConfig = CorrelationConfig()
+) -> dict:
+    """Is metric `x` a better ranker of `y` than `baseline`? A paired bootstrap of the
+    difference of their oriented Kendall τ-b over the same rows.
+
+    Arguments:
+        x, baseline, y: (n,) values per truth row; rows where any is NaN are dropped.
+        sign_x, sign_baseline: +1 or −1, the orientation of each τ (the product of the
+            metric's declared direction and the target's), so that > 0 means "agrees
+            with the truth".
+        config: resamples, confidence and seed of the bootstrap.
+
+    Returns:
+        {"n", "tau_minus_baseline", "diff_lo", "diff_hi", "verdict"}: the difference on
+        the data, its percentile interval over `config.resamples` resamples of rows —
+        each resample used for both τs (paired: what the two share cancels out) — and
+        `verdict` (VERDICTS; None without resamples or with n < 3).
+    """
+    x, b, y = (np.asarray(v, dtype=np.float64) for v in (x, baseline, y))
+    if not x.shape == b.shape == y.shape:
+        raise TfnasError(f"x, baseline and y must have one shape, got {x.shape}, {b.shape}, {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(b) & np.isfinite(y)
+    x, b, y = x[keep], b[keep], y[keep]
+    n = int(x.size)
+    row = {"n": n, "tau_minus_baseline": math.nan, "diff_lo": math.nan, "diff_hi": math.nan, "verdict": None}
+    if n < 3 or np.ptp(y) == 0:
+        return row
+    tau_x = sign_x * _kendall(x, y) if np.ptp(x) > 0 else math.nan
+    tau_b = sign_baseline * _kendall(b, y) if np.ptp(b) > 0 else math.nan
+    row["tau_minus_baseline"] = tau_x - tau_b
+    if config.resamples and math.isfinite(row["tau_minus_baseline"]):
+        # Its own stream (seeded from the config's seed), so adding this test leaves the
+        # per-metric intervals exactly as they were.
+        counts = resample_counts(n, config.resamples, np.random.default_rng([config.seed, 1]))
+        diffs = sign_x * kendall_tau_b_resampled(x, y, counts) - sign_baseline * kendall_tau_b_resampled(b, y, counts)
+        lo_q, hi_q = (1 - config.confidence) / 2, 1 - (1 - config.confidence) / 2
+        if np.isfinite(diffs).any():
+            row["diff_lo"], row["diff_hi"] = np.nanquantile(diffs, [lo_q, hi_q]).tolist()
+            row["verdict"] = verdict(row["diff_lo"], row["diff_hi"])
     return row
 
 
@@ -221,6 +330,7 @@ def correlate(
     directions: dict[str, str] | None = None,
     metrics: list[str] | None = None,
     targets: list[str] | None = None,
+    baselines: Sequence[str] = (),
 ) -> pa.Table:
     """The correlations table: one row per (metric, target).
 
@@ -229,6 +339,9 @@ def correlate(
         truth: a truth table; null values (diverged runs) are dropped.
         directions: metric -> declared direction, copied into the table.
         metrics / targets: restrict (and order) what is correlated; default: all present.
+        baselines: the names of the trivial baselines (`Metric.baseline`); those among
+            the correlated metrics are marked (`is_baseline`), and every metric is set
+            against the best of them per target (module doc; `paired_tau_difference`).
 
     Raises:
         TfnasError: no architecture appears in both tables; values computed on more than
@@ -276,8 +389,10 @@ def correlate(
                     "tau_seed_averaged": correlate_pair(*pairs_of(averaged, target), CorrelationConfig(resamples=0))["kendall_tau"]
                     if averaged is not None
                     else None,
+                    "is_baseline": metric in set(baselines),
                 }
             )
+    _against_baselines(rows, lambda metric, target: pairs_of(per_metric.get(metric, {}), target), config)
     table = tables.from_rows("correlations", rows)
     table = table.replace_schema_metadata(
         {
@@ -295,12 +410,60 @@ def correlate(
                     "(same minibatch) / of minibatches (same seed); tau_seed_averaged: tau-b vs the target of the "
                     "mean over seeds at minibatch 0; null with one seed / one minibatch",
                     "truth": "one observation per truth row",
+                    "baseline": "per target, the baseline (is_baseline) of highest oriented tau (tau x sign of its "
+                    "direction x sign of the target's; > 0 agrees with the truth); tau_minus_baseline: oriented tau of "
+                    "the metric - that of the baseline, on the truth rows where both and the target have a value; "
+                    f"diff_lo/diff_hi: paired percentile bootstrap ({config.resamples} resamples of rows, the same "
+                    f"resample for both taus, {config.confidence:.0%}, numpy default_rng([{config.seed}, 1])); verdict: "
+                    "beats (interval > 0), does not beat (< 0), indistinguishable (covers 0)",
                     "sign": "signed; never abs()",
                 }
             ).encode()
         }
     )
     return table
+
+
+def _orientation(row: dict) -> int | None:
+    """+1 / −1: the sign that makes this row's τ say "agrees with the truth" (the
+    metric's declared direction times the target's); None when either is unknown. An
+    ensemble's merit is higher-is-better by construction."""
+    from tfnas_ray.analysis.aligned import target_direction
+
+    direction = "higher-is-better" if row["metric"].startswith("ensemble:") else row.get("direction")
+    if direction not in ("higher-is-better", "lower-is-better"):
+        return None
+    try:
+        target = target_direction(row["target"]).value
+    except TfnasError:  # a target of no known direction (e.g. num_params): no verdict
+        return None
+    return 1 if direction == target else -1
+
+
+def _against_baselines(rows: list[dict], pairs_of, config: CorrelationConfig) -> None:
+    """Fill each row's comparison with the best baseline of its target (in place)."""
+    for target in dict.fromkeys(r["target"] for r in rows):
+        of_target = [r for r in rows if r["target"] == target]
+        candidates = [
+            (_orientation(r) * r["kendall_tau"], r["metric"])
+            for r in of_target
+            if r["is_baseline"] and _orientation(r) is not None and r["kendall_tau"] == r["kendall_tau"]
+        ]
+        if not candidates:
+            continue
+        best_tau, best = max(candidates)  # ties: the later name, deterministically
+        best_row = next(r for r in of_target if r["metric"] == best)
+        best_values, truth = pairs_of(best, target)
+        for row in of_target:
+            row["baseline"] = best
+            sign = _orientation(row)
+            if row is best_row or sign is None:
+                continue
+            values, _ = pairs_of(row["metric"], target)
+            diff = paired_tau_difference(
+                values, best_values, truth, sign_x=sign, sign_baseline=_orientation(best_row), config=config
+            )
+            row.update({k: diff[k] for k in ("tau_minus_baseline", "diff_lo", "diff_hi", "verdict")})
 
 
 def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str:
@@ -318,13 +481,47 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
     def num(v, width=6):
         return f"{v:+.{width - 3}f}" if v is not None and v == v else "nan".rjust(width)
 
-    header = f"{'metric':28s} {'target':16s} {'n':>5s}  {'τ':>6s} [{'95% CI':^15s}]  {'ρ':>6s} [{'95% CI':^15s}]  {'r':>6s}  direction"
+    def versus(r) -> str:
+        if r.get("baseline") is None:
+            return ""
+        if r["metric"] == r["baseline"]:
+            return "best baseline"
+        if r.get("tau_minus_baseline") is None or r["tau_minus_baseline"] != r["tau_minus_baseline"]:
+            return "-"
+        return f"{num(r['tau_minus_baseline'])} [{num(r.get('diff_lo'))}, {num(r.get('diff_hi'))}] {r.get('verdict') or ''}"
+
+    compared = any(r.get("baseline") is not None for r in rows)
+    header = (
+        f"{'B':1s} {'metric':28s} {'target':16s} {'n':>5s}  {'τ':>6s} [{'95% CI':^15s}]  {'ρ':>6s} [{'95% CI':^15s}]  {'r':>6s}  "
+        + (f"{'Δτ vs best baseline [95% CI], verdict':53s}  " if compared else "")
+        + "direction"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['metric']:28s} {r['target']:16s} {r['n']:5d}  {num(r['kendall_tau'])} [{num(r['kendall_lo'])}, {num(r['kendall_hi'])}]"
-            f"  {num(r['spearman_rho'])} [{num(r['spearman_lo'])}, {num(r['spearman_hi'])}]  {num(r['pearson_r'])}  {r.get('direction') or ''}"
+            f"{'B' if r.get('is_baseline') else ' '} {r['metric']:28s} {r['target']:16s} {r['n']:5d}  {num(r['kendall_tau'])} [{num(r['kendall_lo'])}, {num(r['kendall_hi'])}]"
+            f"  {num(r['spearman_rho'])} [{num(r['spearman_lo'])}, {num(r['spearman_hi'])}]  {num(r['pearson_r'])}  "
+            + (f"{versus(r):53s}  " if compared else "")
+            + f"{r.get('direction') or ''}"
         )
+    if any(r.get("is_baseline") for r in rows):
+        lines.append("B: a trivial baseline (tfnas metrics); Δτ: oriented τ (> 0 ranks like the truth) minus the best baseline's, same architectures, paired bootstrap")
+    for target in target_order:
+        of_target = [r for r in rows if r["target"] == target and r.get("baseline") is not None]
+        others = [r for r in of_target if not r.get("is_baseline") and r.get("verdict") is not None]
+        if not of_target:
+            continue
+        best = of_target[0]["baseline"]
+        best_row = next((r for r in of_target if r["metric"] == best), None)
+        tau = num(best_row["kendall_tau"]) if best_row is not None else "nan"
+        counts = {v: sum(r["verdict"] == v for r in others) for v in VERDICTS}
+        summary = f"{target}: best baseline {best} (τ {tau})"
+        if others:
+            summary += f"; of {len(others)} other metrics {counts['beats']} beat it, {counts['does not beat']} do not, "
+            summary += f"{counts['indistinguishable']} are indistinguishable from it"
+        if others and not counts["beats"]:
+            summary += " — no training-free metric beats the baseline"
+        lines.append(summary)
     stable = [r for r in rows if r.get("tau_between_seeds") is not None or r.get("tau_between_batches") is not None]
     if stable:
         header = f"{'metric':28s} {'target':16s}  {'τ seed↔seed':>11s}  {'τ batch↔batch':>13s}  {'τ seed-averaged':>15s}"

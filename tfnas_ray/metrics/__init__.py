@@ -87,6 +87,9 @@ class Metric:
     direction: Direction
     summary: str  # one line: formula and source (of the first space registered)
     impls: dict[str, MetricImpl] = field(default_factory=dict)
+    # A trivial baseline (size, depth, width, FLOPs: metrics/baselines.py): free to score,
+    # and what every comparison sets the other metrics against.
+    baseline: bool = False
 
     def formula(self, space: str) -> str:
         """The formula this metric computes on `space` (its own summary)."""
@@ -118,6 +121,7 @@ _METRIC_MODULES: Sequence[str] = (
     "tfnas_ray.metrics.rnn_standard",
     "tfnas_ray.metrics.transformer",
     "tfnas_ray.metrics.capability",
+    "tfnas_ray.metrics.baselines",
 )
 
 
@@ -141,11 +145,14 @@ def register_metric(
     needs: Sequence[str] = (),
     cost: str = "",
     version: int = 1,
+    baseline: bool = False,
 ) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
     """Register `fn(ctx) -> float` as the implementation of metric `name` for `space`.
 
-    The first registration of a name fixes its direction and summary; a later one for
-    another space must declare the same direction. (name, space) may be registered once.
+    The first registration of a name fixes its direction, summary and whether it is a
+    trivial baseline (`baseline`: read from the spec alone, set against every other
+    metric); a later one for another space must declare the same direction and the same
+    `baseline`. (name, space) may be registered once.
     `version` (an integer from 1) must be bumped by a change that alters the values, so
     that scores computed by the old code are recomputed, never reused.
     """
@@ -160,8 +167,13 @@ def register_metric(
                     f"metric {name!r} declared {direction.value} for space {space!r} "
                     f"but {metric.direction.value} elsewhere"
                 )
+            if metric.baseline != baseline:
+                raise TfnasError(
+                    f"metric {name!r} registered with baseline={baseline} for space {space!r} "
+                    f"but baseline={metric.baseline} elsewhere"
+                )
         else:
-            metric = Metric(name=name, direction=direction, summary=summary)
+            metric = Metric(name=name, direction=direction, summary=summary, baseline=baseline)
             METRICS.add(name, metric)
         if space in metric.impls:
             raise TfnasError(f"metric {name!r} is already registered for space {space!r}")

@@ -96,10 +96,12 @@ CAPABILITY_METRICS: Registry[CapabilityMetric] = Registry("capability metric")
 
 
 def capability_metric(
-    name: str, *, reads: Sequence[str], summary: str, cost: str, direction: Direction = Direction.HIGHER, hardware: bool = False
+    name: str, *, reads: Sequence[str], summary: str, cost: str, direction: Direction = Direction.HIGHER, hardware: bool = False,
+    baseline: bool = False,
 ) -> Callable[[Callable[["Probe"], float]], Callable[["Probe"], float]]:
     """Register `fn(probe) -> float` as a capability metric, and as metric `name`'s
-    implementation for space `hf` (it reads the shared `probe` pass)."""
+    implementation for space `hf` (it reads the shared `probe` pass). `baseline`: a
+    trivial baseline (size or compute, as `params` and `flops_per_token` are on every space)."""
     unknown = sorted(set(reads) - set(CAPABILITIES))
     if unknown:
         raise TfnasError(f"metric {name!r} reads unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
@@ -116,7 +118,7 @@ def capability_metric(
             return check_finite(fn(probe), name)
 
         on_space.__doc__ = fn.__doc__
-        register_metric(name, space=SPACE, direction=direction, summary=summary, needs=("probe",), cost=cost)(on_space)
+        register_metric(name, space=SPACE, direction=direction, summary=summary, needs=("probe",), cost=cost, baseline=baseline)(on_space)
         return fn
 
     return decorator
@@ -425,7 +427,7 @@ class Probe:
 # ---- metrics reading any module ------------------------------------------------------
 
 
-@capability_metric("params", reads=("module",), summary="number of parameters, tied weights once (= HF num_parameters())", cost="none (counted from the model)")
+@capability_metric("params", reads=("module",), summary="number of parameters, tied weights once (= HF num_parameters())", cost="none (counted from the model)", baseline=True)
 def params(probe: Probe) -> float:
     """Σ numel over every parameter tensor once (tied embedding/decoder once)."""
     return float(sum(p.numel() for p in unique_parameters(probe._pristine)))
@@ -446,7 +448,7 @@ def flops_per_token_of(model: nn.Module, call: Callable[[nn.Module], Any], token
 @capability_metric(
     "flops_per_token", reads=("module",),
     summary="forward FLOPs per token of the metric batch, matmuls counted as 2mkn (torch.utils.flop_counter)",
-    cost="1 forward (counted)",
+    cost="1 forward (counted)", baseline=True,
 )
 def flops_per_token(probe: Probe) -> float:
     """FLOPs of one forward on the batch (B, T) / (B·T); see `flops_per_token_of`."""

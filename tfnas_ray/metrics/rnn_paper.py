@@ -553,6 +553,7 @@ def hidden_saliency(ctx: MetricContext) -> float:
     "params",
     space=SPACE,
     direction=Direction.HIGHER,
+    baseline=True,
     summary="number of parameters (tied weights once), as NAS-Bench-NLP's num_params",
     cost="none (counted from the recipe)",
 )

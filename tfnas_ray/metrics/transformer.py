@@ -795,6 +795,7 @@ def jacob_cov(ctx: MetricContext) -> float:
     "params",
     space=SPACE,
     direction=Direction.HIGHER,
+    baseline=True,
     summary="number of parameters, embeddings included",
     cost="none (counted from the config)",
 )
