@@ -83,7 +83,7 @@ class HFTrainConfig:
 
     task: str = "causal-lm"
     corpus: str = "wikitext-2"
-    budget: Budget = Budget("tokens", 65_536)
+    budget: Budget = Budget("tokens", 64_000)
     iterations: int | None = None
     batch_size: int = 16
     seq_len: int = 64
@@ -151,8 +151,8 @@ class HFTrainConfig:
 
 # CPU: 64k training tokens (64 steps of 16 x 64) — seconds to a minute per tiny model on
 # one core. GPU: 2M tokens (about 500 steps of 32 x 128).
-CPU_DEFAULTS: Mapping[str, Any] = {"budget": Budget("tokens", 65_536), "batch_size": 16, "seq_len": 64, "valid_tokens": 8_192}
-GPU_DEFAULTS: Mapping[str, Any] = {"budget": Budget("tokens", 2_097_152), "batch_size": 32, "seq_len": 128, "valid_tokens": 65_536}
+CPU_DEFAULTS: Mapping[str, Any] = {"budget": Budget("tokens", 64_000), "batch_size": 16, "seq_len": 64, "valid_tokens": 8_192}
+GPU_DEFAULTS: Mapping[str, Any] = {"budget": Budget("tokens", 2_000_000), "batch_size": 32, "seq_len": 128, "valid_tokens": 65_536}
 
 
 def default_hf_config(*, task: str, gpus: bool, **overrides: Any) -> HFTrainConfig:
