@@ -191,3 +191,28 @@ def test_defaults_follow_the_cluster_and_the_task():
     assert (cpu.batch_size, cpu.seq_len, cpu.budget.label) == (16, 64, "64ktok")
     assert gpu.seq_len == 128 and len(vocabulary()) == 30522
     assert HFTrainConfig.from_dict(json.loads(json.dumps(cpu.to_dict()))) == cpu  # Tune's JSON round trip
+
+
+# ---- the commands end to end -----------------------------------------------------------
+
+
+def test_sample_score_train_correlate_from_the_command_line(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from tfnas_ray.cli import app
+
+    def run(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    archs, scores, out = tmp_path / "archs.parquet", tmp_path / "scores", tmp_path / "train"
+    run("sample", "hf", "--space", "tiny-gpt2", "-n", 3, "--seed", 0, "--out", archs)
+    run("score", archs, "-m", "params", "--out", scores, "--no-progress")
+    small = ["--steps", 2, "--iterations", 1, "--batch-size", 8, "--seq-len", 32, "--train-tokens", 4000, "--valid-tokens", 1024]
+    output = run("train", archs, "--out", out, *small)
+    assert "trials: 3 (3 ok)" in output
+    output = run("correlate", scores, out / "truth.parquet", "--out", tmp_path / "c.parquet", "--resamples", 0)
+    rows = pq.read_table(tmp_path / "c.parquet").to_pylist()
+    assert {(r["metric"], r["target"], r["n"]) for r in rows} == {("params", "val_loss@2st", 3), ("params", "train_loss@2st", 3)}
