@@ -216,3 +216,16 @@ def test_sample_score_train_correlate_from_the_command_line(ray_cluster, tmp_pat
     output = run("correlate", scores, out / "truth.parquet", "--out", tmp_path / "c.parquet", "--resamples", 0)
     rows = pq.read_table(tmp_path / "c.parquet").to_pylist()
     assert {(r["metric"], r["target"], r["n"]) for r in rows} == {("params", "val_loss@2st", 3), ("params", "train_loss@2st", 3)}
+
+
+def test_the_report_says_what_each_hf_candidate_is():
+    from tfnas_ray.analysis.report import _what_each_is
+
+    wide = _with(GPT2, n_embd=64, n_layer=2)
+    candidates = archs_of(GPT2, wide)
+    what = _what_each_is(candidates)
+    ids = candidates.column("arch_id").to_pylist()
+    # Only the settings that differ between candidates; the shared vocabulary etc. are left out.
+    assert what == {ids[0]: "gpt2 causal-lm: n_embd=32, n_layer=1", ids[1]: "gpt2 causal-lm: n_embd=64, n_layer=2"}
+    nb_nlp = tables.from_rows("archs", [{**candidates.to_pylist()[0], "space": "nb-nlp"}])
+    assert _what_each_is(nb_nlp) == {}  # other spaces: no column
