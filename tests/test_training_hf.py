@@ -229,3 +229,20 @@ def test_the_report_says_what_each_hf_candidate_is():
     assert what == {ids[0]: "gpt2 causal-lm: n_embd=32, n_layer=1", ids[1]: "gpt2 causal-lm: n_embd=64, n_layer=2"}
     nb_nlp = tables.from_rows("archs", [{**candidates.to_pylist()[0], "space": "nb-nlp"}])
     assert _what_each_is(nb_nlp) == {}  # other spaces: no column
+
+
+@pytest.mark.parametrize(
+    "load, fields, message",
+    [
+        ("nasbench_bert", {"emsize": 64}, r"option\(s\) --emsize do not apply to space nb-bert"),
+        ("nasbench_nlp", {"seq_len": 64}, r"option\(s\) --seq-len do not apply to space nb-nlp"),
+    ],
+)
+def test_an_option_of_another_space_is_one_line_on_every_space(tmp_path, load, fields, message):
+    # Fault on main 5a94169: the config dataclass raised TypeError (a traceback, not a line).
+    import importlib
+
+    benchmarks = importlib.import_module(f"tfnas_ray.spaces.{load}.benchmarks")
+    archs = (benchmarks.load() if load == "nasbench_bert" else benchmarks.load_ptb())[0].slice(0, 1)
+    with pytest.raises(TfnasError, match=message):
+        train_table(_write(tmp_path, archs), tmp_path / "out", overrides=fields, log=lambda line: None)
