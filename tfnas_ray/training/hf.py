@@ -235,10 +235,11 @@ class HFTrainer(MLMTrainer):
     `LMTrainer`: `finished`, `train_iteration`, `history`, `state_dict`)."""
 
     def __init__(self, spec: Any, config: HFTrainConfig, *, device: str | torch.device = "cpu"):
-        from tfnas_ray.spaces.hf import HfSpec
+        from tfnas_ray.spaces.hf import SPACE, HfSpec
 
         self._spec = HfSpec.parse(spec)
-        check_trainable("(this)", self._spec.canonical(), config)
+        canonical = self._spec.canonical()
+        check_trainable(SPACE.arch_id(canonical), canonical, config)
         super().__init__(spec, config, device=device)
 
     def _sequences(self, split: str, max_tokens: int | None) -> torch.Tensor:
