@@ -246,3 +246,20 @@ def test_an_option_of_another_space_is_one_line_on_every_space(tmp_path, load, f
     archs = (benchmarks.load() if load == "nasbench_bert" else benchmarks.load_ptb())[0].slice(0, 1)
     with pytest.raises(TfnasError, match=message):
         train_table(_write(tmp_path, archs), tmp_path / "out", overrides=fields, log=lambda line: None)
+
+
+def test_search_hf_trains_the_best_it_kept(ray_cluster, tmp_path):
+    # The two smallest GPT-2s (1 layer, width 32), so the default CPU budget (64k tokens)
+    # stays short; the best by params is trained and its loss sits beside it.
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from tfnas_ray.cli import app
+
+    archs = _write(tmp_path, archs_of(GPT2, _with(GPT2, n_inner=128)))
+    out = tmp_path / "search"
+    result = CliRunner().invoke(app, ["search", "hf", "--archs", str(archs), "-m", "params", "--keep", "1", "--train", "1", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (row,) = pq.read_table(out / "chosen.parquet").to_pylist()
+    assert row["trained_target"] == "val_loss@64ktok" and 4.0 < row["trained_loss"] < LN_VOCAB - 1.0
+    assert "gpt2 causal-lm: n_inner=128" in (out / "report.html").read_text()  # what the kept one is
