@@ -207,7 +207,9 @@ def test_sample_score_train_correlate_from_the_command_line(ray_cluster, tmp_pat
         assert result.exit_code == 0, result.output
         return result.output
 
-    archs, scores, out = tmp_path / "archs.parquet", tmp_path / "scores", tmp_path / "train"
+    # The scores inside the training directory: `evaluate-search DIR` reads truth and scores there.
+    archs, out = tmp_path / "archs.parquet", tmp_path / "train"
+    scores = out / "scores"
     run("sample", "hf", "--space", "tiny-gpt2", "-n", 3, "--seed", 0, "--out", archs)
     run("score", archs, "-m", "params", "--out", scores, "--no-progress")
     small = ["--steps", 2, "--iterations", 1, "--batch-size", 8, "--seq-len", 32, "--train-tokens", 4000, "--valid-tokens", 1024]
@@ -216,6 +218,9 @@ def test_sample_score_train_correlate_from_the_command_line(ray_cluster, tmp_pat
     output = run("correlate", scores, out / "truth.parquet", "--out", tmp_path / "c.parquet", "--resamples", 0)
     rows = pq.read_table(tmp_path / "c.parquet").to_pylist()
     assert {(r["metric"], r["target"], r["n"]) for r in rows} == {("params", "val_loss@2st", 3), ("params", "train_loss@2st", 3)}
+    output = run("evaluate-search", out, "--pools", 20, "--pool-size", 3, "--keep", 1, "--out", tmp_path / "e.parquet")
+    evaluation = pq.read_table(tmp_path / "e.parquet").to_pylist()
+    assert evaluation and {r["target"] for r in evaluation} == {"val_loss@2st"}  # the truth's first target
 
 
 def test_the_report_says_what_each_hf_candidate_is():
