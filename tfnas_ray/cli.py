@@ -801,6 +801,8 @@ def train(
     valid_tokens: Annotated[Optional[int], typer.Option(help="validate on the first N validation tokens only")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of every trial's initialisation and dropout")] = None,
     reading: Reading = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="sequences (nb-nlp: stream columns) per step")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="hf and nb-bert: tokens per training sequence")] = None,
     scheduler: Annotated[TrainScheduler, typer.Option(help="fifo, or asha early stopping on the validation loss")] = TrainScheduler.fifo,
     gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial (fractions share one); default 1 with GPUs, else 0")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
@@ -808,7 +810,9 @@ def train(
     storage: Annotated[Optional[str], typer.Option(help="experiment storage every node can reach (shared path or s3://); default OUT/tune")] = None,
 ) -> None:
     """Train each architecture briefly, one Ray Tune trial each, into a truth table
-    (val_loss@BUDGET, train_loss@BUDGET). Rerun the same command to resume."""
+    (val_loss@BUDGET, train_loss@BUDGET; masked LMs val_mlm_loss@BUDGET). hf archs train
+    as causal or masked LMs on WikiText-2 with the shipped WordPiece tokenizer. Rerun the
+    same command to resume."""
     from tfnas_ray.distributed.tune import TuneOptions, budget_from_options, train_table
 
     with checking_input():
@@ -824,6 +828,8 @@ def train(
         "valid_tokens": valid_tokens,
         "seed": seed,
         "reading": reading.value if reading is not None else None,  # nb-bert (MLMConfig) only
+        "batch_size": batch_size,
+        "seq_len": seq_len,  # hf and nb-bert
     }
     outcome = train_table(archs, out, budget=budget, overrides=overrides, options=options, address=address, log=typer.echo)
     for line in outcome.lines():

@@ -84,8 +84,6 @@ class SearchConfig:
         for option, value in (("--max-latency-ms", self.max_latency_ms), ("--max-memory-mb", self.max_memory_mb)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise TfnasError(f"{option} must be a positive number, got {value}")
-        if self.space == "hf" and self.train:
-            raise TfnasError("--train is not available for space hf yet: short training of hf families is not built")
         if self.space_file is not None and self.space != "hf":
             raise TfnasError(f"--space {self.space_file!r} applies to space hf only, not to {self.space!r}")
         if self.space == "hf" and self.space_file is None and self.archs is None:
@@ -382,7 +380,12 @@ def _train_best(chosen: pa.Table, candidates: pa.Table, out: Location, n: int, *
     best = list(dict.fromkeys(r["arch_id"] for r in chosen.to_pylist() if r["rank"] <= n))
     ids = candidates.column("arch_id").to_pylist()
     subset = candidates.take([ids.index(a) for a in best]).select(tables.ARCHS.names)
-    if subset.column("space")[0].as_py() == "nb-bert":
+    space = subset.column("space")[0].as_py()
+    if space == "hf":
+        from tfnas_ray.training.hf import default_hf_config, task_of
+
+        train = default_hf_config(task=task_of(subset.column("spec").to_pylist()), gpus=cluster_gpus() > 0, seed=seed)
+    elif space == "nb-bert":
         from tfnas_ray.training.mlm import default_mlm_config
 
         train = default_mlm_config(gpus=cluster_gpus() > 0)

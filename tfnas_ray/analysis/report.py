@@ -455,6 +455,24 @@ def _space_section(scores: pa.Table) -> Section:
     return Section("NAS-Bench-BERT space analysis", figures, text=text)
 
 
+def _what_each_is(candidates: pa.Table) -> dict[str, str]:
+    """hf candidates: arch_id -> its model type, task and the config settings that vary
+    between candidates (what the search chose; settings every candidate shares, such as
+    the vocabulary, are left out). Other spaces: {} (no column)."""
+    import json
+
+    rows = [r for r in candidates.select(["arch_id", "space", "spec"]).to_pylist() if r["space"] == "hf"]
+    if not rows or len(rows) != candidates.num_rows:
+        return {}
+    specs = {r["arch_id"]: json.loads(r["spec"]) for r in rows}
+    keys = sorted({k for spec in specs.values() for k in spec["config"]})
+    varying = [k for k in keys if len({json.dumps(spec["config"].get(k)) for spec in specs.values()}) > 1]
+    return {
+        arch: f"{spec['model_type']} {spec['task']}: " + (", ".join(f"{k}={spec['config'].get(k)}" for k in varying) or "the only configuration")
+        for arch, spec in specs.items()
+    }
+
+
 def _search_sections(out: Location) -> list[Section]:
     from tfnas_ray.analysis.ranking import method_merit, parse_method
     from tfnas_ray.pipeline import directions
@@ -488,11 +506,18 @@ def _search_sections(out: Location) -> list[Section]:
         kept = [index[r["arch_id"]] for r in chosen_rows if r["method"] == method_name]
         figures.append(pareto_figure(method_name, params, score, front, kept, ensemble=method.is_ensemble))
     trained = "trained_loss" in chosen.column_names
-    header = ["method", "rank", "arch_id", "score", "params", "on Pareto front"] + (["trained loss"] if trained else [])
+    what = _what_each_is(candidates)
+    measured = [(c, label) for c, label in (("latency_ms", "latency ms"), ("peak_memory_mb", "peak memory MiB")) if c in chosen.column_names]
+    header = (
+        ["method", "rank", "arch_id"] + (["architecture"] if what else []) + ["score", "params"]
+        + [label for _, label in measured] + ["on Pareto front"] + (["trained loss"] if trained else [])
+    )
     table = _html_table(
         header,
         [
-            [r["method"], r["rank"], r["arch_id"], _fmt(r["score"], ".5g"), f"{r['params']:,}", "yes" if r["on_pareto_front"] else ""]
+            [r["method"], r["rank"], r["arch_id"]] + ([what[r["arch_id"]]] if what else [])
+            + [_fmt(r["score"], ".5g"), f"{r['params']:,}"] + [_fmt(r[c], ".4g") for c, _ in measured]
+            + ["yes" if r["on_pareto_front"] else ""]
             + ([f"{_fmt(r['trained_loss'], '.4f')} ({r['trained_target']})" if r["trained_loss"] is not None else "–"] if trained else [])
             for r in chosen_rows
         ],

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -127,7 +128,11 @@ def _make_trainer(space: str, spec: str, train: Mapping[str, Any], device: str):
         from tfnas_ray.training.mlm import MLMConfig, MLMTrainer
 
         return MLMTrainer(spec, MLMConfig.from_dict(train), device=device)
-    raise TfnasError(f"no training loop for space {space!r}; known: nb-nlp, nb-bert")
+    if space == "hf":
+        from tfnas_ray.training.hf import HFTrainConfig, HFTrainer
+
+        return HFTrainer(spec, HFTrainConfig.from_dict(train), device=device)
+    raise TfnasError(f"no training loop for space {space!r}; known: nb-nlp, nb-bert, hf")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
@@ -394,6 +399,7 @@ def train_architectures(
 
     items = _arch_items(archs)
     space = items[0]["space"]
+    _check_trainable(items, train)
     out_dir = locate(out_dir)
     # Tune takes a local path or a URL; every node must reach it.
     storage = options.storage or (out_dir.path if out_dir.is_local else out_dir.url).rstrip("/") + "/tune"
@@ -542,11 +548,33 @@ def trials_use_gpus(options: TuneOptions, gpus_now: float) -> bool:
     return gpus_now > 0
 
 
-def _train_config(space: str, *, gpus: bool, fields: Mapping[str, Any]):
-    """The space's training config: its GPU or CPU defaults, then `fields`."""
-    if space == "nb-bert":
-        from tfnas_ray.training.mlm import default_mlm_config
+def _check_trainable(items: list[dict[str, Any]], train: Any) -> None:
+    """hf: every spec fits the run (task, vocabulary, positions), before Ray starts."""
+    if items[0]["space"] == "hf":
+        from tfnas_ray.training.hf import check_trainable
 
+        for item in items:
+            check_trainable(item["arch_id"], item["spec"], train)
+
+
+def _train_config(items: list[dict[str, Any]], *, gpus: bool, fields: Mapping[str, Any]):
+    """The space's training config: its GPU or CPU defaults, then `fields`."""
+    space = items[0]["space"]
+    if space == "hf":
+        from tfnas_ray.training.hf import default_hf_config, task_of
+
+        return default_hf_config(task=task_of([item["spec"] for item in items]), gpus=gpus, **fields)
+    from tfnas_ray.training.mlm import MLMConfig, default_mlm_config
+
+    config_class = MLMConfig if space == "nb-bert" else TrainConfig
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(k for k, v in fields.items() if v is not None and k not in known)
+    if unknown:  # one line, not the dataclass's TypeError
+        raise TfnasError(
+            f"option(s) {', '.join('--' + k.replace('_', '-') for k in unknown)} do not apply to space {space}; "
+            f"its training takes {', '.join(sorted(known))}"
+        )
+    if space == "nb-bert":
         return default_mlm_config(gpus=gpus, **fields)
     return default_train_config(gpus=gpus, **fields)
 
@@ -578,7 +606,7 @@ def train_table(
         fields = {k: v for k, v in (overrides or {}).items() if v is not None}
         if budget is not None:
             fields["budget"] = budget
-        _train_config(items[0]["space"], gpus=False, fields=fields)  # the fields make a valid config
+        _check_trainable(items, _train_config(items, gpus=False, fields=fields))  # the fields make a valid config
     with hold(out_dir, log=log):  # a second run on this --out stops before starting Ray
         connect(address)
         return _train_with_defaults(archs, items, out_dir, fields=fields, options=options, address=address, log=log)
@@ -589,9 +617,14 @@ def _train_with_defaults(archs, items, out_dir, *, fields, options: TuneOptions,
     from tfnas_ray.distributed.cluster import cluster_gpus
 
     has_gpus = trials_use_gpus(options, cluster_gpus())
-    train = _train_config(items[0]["space"], gpus=has_gpus, fields=fields)
+    train = _train_config(items, gpus=has_gpus, fields=fields)
     if items[0]["space"] != "nb-bert":
-        defaults = GPU_DEFAULTS if has_gpus else CPU_DEFAULTS
+        if items[0]["space"] == "hf":
+            from tfnas_ray.training import hf
+
+            defaults = hf.GPU_DEFAULTS if has_gpus else hf.CPU_DEFAULTS
+        else:
+            defaults = GPU_DEFAULTS if has_gpus else CPU_DEFAULTS
         used = [k for k in defaults if k not in fields]
         if used:
             log(

@@ -137,9 +137,11 @@ def default_mlm_config(*, gpus: bool, **overrides: Any) -> MLMConfig:
 
 
 @lru_cache(maxsize=4)
-def wordpiece_sequences(split: str, seq_len: int, max_tokens: int | None) -> torch.Tensor:
+def wordpiece_sequences(split: str, seq_len: int, max_tokens: int | None, *, framed: bool = True) -> torch.Tensor:
     """WikiText-2 `split` as (N, seq_len) sequences `[CLS] w… [SEP]`, cut one after
-    another from the concatenated WordPiece stream (the first `max_tokens` only)."""
+    another from the concatenated WordPiece stream (the first `max_tokens` only).
+    framed=False: seq_len stream tokens per sequence, no [CLS]/[SEP] (causal LM, where a
+    [SEP] at an arbitrary cut would be a target the text does not have)."""
     from tfnas_ray.data.tokenizer import CLS, SEP, _wikitext_lines, load_tokenizer
 
     tokenizer = load_tokenizer()
@@ -152,9 +154,11 @@ def wordpiece_sequences(split: str, seq_len: int, max_tokens: int | None) -> tor
             break
     if max_tokens is not None:
         stream = stream[:max_tokens]
-    body = seq_len - 2
+    body = seq_len - 2 if framed else seq_len
     n = len(stream) // body
     ids = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
+    if not framed:
+        return ids  # (N, T)
     return torch.cat([torch.full((n, 1), CLS), ids, torch.full((n, 1), SEP)], dim=1)  # (N, T)
 
 
@@ -214,22 +218,18 @@ class MLMTrainer:
 
     def __init__(self, spec: Any, config: MLMConfig, *, device: str | torch.device = "cpu"):
         from tfnas_ray.data.tokenizer import vocabulary
-        from tfnas_ray.spaces.nasbench_bert import SPACE
 
         self.config = config
         self.device = torch.device(device)
         self.vocab_size = len(vocabulary())
-        self._train = wordpiece_sequences("train", config.seq_len, config.train_tokens)
-        valid = wordpiece_sequences("valid", config.seq_len, config.valid_tokens)
+        self._train = self._sequences("train", config.train_tokens)
+        valid = self._sequences("valid", config.valid_tokens)
         if len(self._train) < 1:
             raise TfnasError(f"train_tokens={config.train_tokens} gives no sequence of {config.seq_len} tokens")
         # Validation masks drawn once, from a fixed seed: the same positions every time.
-        self._valid = mask_tokens(
-            valid, vocab_size=self.vocab_size, mask_prob=config.mask_prob,
-            generator=torch.Generator().manual_seed(VALIDATION_MASK_SEED),
-        )
+        self._valid = self._inputs_and_labels(valid, torch.Generator().manual_seed(VALIDATION_MASK_SEED))
         torch.manual_seed(config.seed)  # the space draws from torch's global generator
-        self.model = MLMModel(SPACE.build(spec, reading=config.reading, dropout=config.dropout)).to(self.device)
+        self.model = self._make_model(spec).to(self.device)
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # biases, LayerNorm
         self.optimizer = torch.optim.AdamW(
@@ -257,6 +257,22 @@ class MLMTrainer:
         self.seconds = 0.0
         self.diverged = False
         self.history: list[dict[str, float]] = []
+
+    # -- what a subclass changes (`tfnas_ray.training.hf`): data, targets, model --
+
+    def _sequences(self, split: str, max_tokens: int | None) -> torch.Tensor:
+        """(N, T) token sequences of `split`."""
+        return wordpiece_sequences(split, self.config.seq_len, max_tokens)
+
+    def _inputs_and_labels(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model inputs, labels with -100 where nothing is predicted) of (B, T) ids."""
+        return mask_tokens(ids, vocab_size=self.vocab_size, mask_prob=self.config.mask_prob, generator=generator)
+
+    def _make_model(self, spec: Any) -> nn.Module:
+        """A fresh model with `loss(inputs, labels)` (draws from torch's global generator)."""
+        from tfnas_ray.spaces.nasbench_bert import SPACE
+
+        return MLMModel(SPACE.build(spec, reading=self.config.reading, dropout=self.config.dropout))
 
     @property
     def finished(self) -> bool:
@@ -303,7 +319,7 @@ class MLMTrainer:
                 self._order = self._rng.permutation(len(self._train))
                 self._position = 0
             index = torch.from_numpy(self._order[self._position : self._position + config.batch_size])
-            inputs, labels = mask_tokens(self._train[index], vocab_size=self.vocab_size, mask_prob=config.mask_prob, generator=self._masks)
+            inputs, labels = self._inputs_and_labels(self._train[index], self._masks)
             # -- forward --
             loss = model.loss(inputs.to(self.device), labels.to(self.device))
             value = loss.item()
