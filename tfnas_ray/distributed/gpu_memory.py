@@ -25,20 +25,32 @@ class MemoryNeed(NamedTuple):
 # Declared, not yet measured on a GPU (none has been lent to this project):
 # - nb-nlp: peak RSS of a CPU scorer computing the paper's columns is 1.2 GiB
 #   (bench/RESULTS.md), which bounds its tensors; a CUDA context adds about 0.5 GiB.
-# - nb-bert: the paper's protocol (128 × 512 tokens, train mode) peaked at 13.4 GiB in one
-#   pass (bench/RESULTS_nb_bert.md); with the gradient passes accumulated over
-#   micro-batches (issue 17) the target is ≤ 4 GiB. Shorter sequences and eval mode need
-#   less: the figure is their upper bound.
+# - nb-bert, whole batch: the paper's protocol (128 × 512 tokens, train mode) peaked at
+#   13.4 GiB in one pass (bench/RESULTS_nb_bert.md); 14 GiB with the CUDA context.
+# - nb-bert with `--micro-batch 16`: 3.3 GiB peak RSS at that protocol
+#   (bench/RESULTS_nb_bert_memory.md), so 4 GiB with the context.
+# Shorter sequences and eval mode need less: each figure is their upper bound.
 SCORER_GPU_MEMORY: Mapping[str, MemoryNeed] = {
     "nb-nlp": MemoryNeed(1.5, "nb-nlp (the paper's columns, 1.5 GiB declared per scorer)"),
-    "nb-bert": MemoryNeed(4.0, "nb-bert (the paper's 128 × 512 tokens in micro-batches, 4 GiB declared per scorer)"),
+    "nb-bert": MemoryNeed(14.0, "nb-bert (the paper's 128 × 512 tokens in one batch, 14 GiB declared per scorer; --micro-batch 16 needs 4 GiB)"),
 }
+MICRO_BATCHED_GPU_MEMORY: Mapping[str, MemoryNeed] = {
+    "nb-bert": MemoryNeed(4.0, "nb-bert (the paper's 128 × 512 tokens in micro-batches of at most 16, 4 GiB declared per scorer)"),
+}
+MICRO_BATCH_DECLARED = 16  # the largest micro-batch the 4 GiB figure covers
 
 
-def scorer_memory_need(spaces: Iterable[str]) -> MemoryNeed | None:
-    """The declared need of a scorer of a run over `spaces`: the largest of theirs (a
-    scorer may be given any architecture); None when no space declares one."""
-    needs = [SCORER_GPU_MEMORY[s] for s in sorted(set(spaces)) if s in SCORER_GPU_MEMORY]
+def scorer_memory_need(spaces: Iterable[str], batch_options: Mapping[str, object] | None = None) -> MemoryNeed | None:
+    """The declared need of a scorer of a run over `spaces` under `batch_options`: the
+    largest of theirs (a scorer may be given any architecture); None when no space
+    declares one. nb-bert's gradient passes in micro-batches of ≤ 16 rows
+    (`micro_batch`) need far less than the whole batch at once."""
+    micro = (batch_options or {}).get("micro_batch")
+    micro_batched = micro is not None and int(micro) <= MICRO_BATCH_DECLARED
+    needs = [
+        (MICRO_BATCHED_GPU_MEMORY.get(s) if micro_batched else None) or SCORER_GPU_MEMORY[s]
+        for s in sorted(set(spaces)) if s in SCORER_GPU_MEMORY
+    ]
     return max(needs, default=None)
 
 

@@ -490,7 +490,7 @@ def run_scoring(
             actor_class=scorer_class().options(**options),
             actor_args=(
                 pool.kind, dict(config.batch_options), dict(config.model_options), identity.get("runtime"),
-                (int(config.actors_per_gpu), scorer_memory_need(archs.column("space").to_pylist())), reports,
+                (int(config.actors_per_gpu), scorer_memory_need(archs.column("space").to_pylist(), config.batch_options)), reports,
             ),
             config=config,
             out=out,
