@@ -232,6 +232,9 @@ def test_correlate_refuses_to_mix_cpu_and_gpu_values(six):
     assert correlate(one, truth, config=config).num_rows >= 1
     gpu = _scores(six, ["cuda (gpu 0)", "cuda:1", "cuda (gpu 0)", "cuda (gpu 2)", "cuda (gpu 0)", None])
     assert correlate(gpu, truth, config=config).num_rows >= 1
+    # Baseline rows, read from the spec on no device, mix with either kind (reproduce adds them).
+    with_baselines = _scores(six, ["cpu", "none", "cpu", "none", "cpu", None])
+    assert correlate(with_baselines, truth, config=config).num_rows >= 1
 
 
 # ---- GPU memory and --actors-per-gpu ------------------------------------------------------

@@ -122,7 +122,7 @@ def test_reproduce_all_readings_side_by_side(ray_cluster, tmp_path):
 def test_metrics_command_states_each_spaces_formula():
     output = CliRunner().invoke(app, ["metrics"]).output
     lines = [l for l in output.splitlines() if l.startswith("activation_distance ")]
-    assert len(lines) == 2 and all("*" in l for l in lines)
+    assert len(lines) == 3 and all("*" in l for l in lines)  # nb-nlp, nb-bert, hf
     nlp = next(l for l in lines if " nb-nlp " in l)
     bert = next(l for l in lines if " nb-bert " in l)
     assert "log|det K|" in nlp and "log" not in bert

@@ -222,10 +222,13 @@ def _mean_scores(scores: pa.Table) -> dict[str, dict[str, float]]:
 def device_kinds(scores: pa.Table) -> dict[str, int]:
     """Rows with a value per device kind of a scores table's `device` column: "cpu" for
     "cpu" and "cpu (simulated gpu 0)", "cuda" for "cuda (gpu 0)" and "cuda:1"; rows
-    without a device (recorded failures) are not counted."""
+    without a device (recorded failures) and rows computed on none (the trivial
+    baselines, read from the spec: `metrics.baselines.NO_DEVICE`) are not counted."""
+    from tfnas_ray.metrics.baselines import NO_DEVICE
+
     kinds: dict[str, int] = {}
     for device, value in zip(scores.column("device").to_pylist(), scores.column("value").to_pylist()):
-        if device is not None and value is not None:
+        if device is not None and device != NO_DEVICE and value is not None:
             kind = device.split(" ")[0].split(":")[0]
             kinds[kind] = kinds.get(kind, 0) + 1
     return kinds

@@ -36,6 +36,9 @@ NB_BERT = "nb-bert"
 NB_NLP = "nb-nlp"
 
 _NONE = "none (read from the spec)"
+# The `device` of baseline rows computed outside a scorer (`baseline_scores`): no device
+# computed them, so they mix with any device's values.
+NO_DEVICE = "none"
 
 
 # ---- nb-bert ---------------------------------------------------------------------------
@@ -326,5 +329,5 @@ def baseline_scores(
             arch_id=arch_id, space=space, spec=spec, metrics=names[space], seed=0,
             batch=batches[space], options=model_options,
         ):
-            rows.append({**row, "device": "none"})
+            rows.append({**row, "device": NO_DEVICE})
     return tables.from_rows("scores", rows)
