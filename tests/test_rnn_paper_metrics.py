@@ -65,33 +65,39 @@ def test_jacobian_cosine_of_identical_rows_is_one_half():
 # in a different summation order (matmul blocking) — amplified by a column's own
 # conditioning: the layer-3 covariance of random_5 differs by 2.8e-6, products of four
 # Jacobian scores compound theirs. params is an integer count: exact.
+# Another processor (an AVX-512 Xeon, 2026-12-05, where main 5a94169 failed this test)
+# picks other matmul kernels and so another order: there the largest differences were
+# hidden_cov 1.6e-6, hidden_cov_l2 1.9e-6 (random_5), jacob_cov 4.6e-7 (random_0; once
+# 6.5e-7 on rnn), jacobian_more_noise_cosine 1.25e-7, hidden_saliency 5.8e-6; the
+# tolerances below are about twice the larger of the two machines' figures.
 TOLERANCE = {
-    "hidden_cov": 2e-6,
-    "hidden_cov_l2": 1e-6,
+    "hidden_cov": 4e-6,
+    "hidden_cov_l2": 4e-6,
     "hidden_cov_l3": 5e-6,
     "activation_distance": 1e-6,
     "synaptic_saliency": 3e-7,
-    "jacob_cov": 3e-7,
+    "jacob_cov": 1.5e-6,
     "jacobian_cosine": 5e-8,
     "jacobian_noise": 5e-6,
     "jacobian_noise_cosine": 2e-8,
     "jacobian_more_noise": 3e-5,
-    "jacobian_more_noise_cosine": 2e-7,
-    "hidden_saliency": 1e-5,
+    "jacobian_more_noise_cosine": 4e-7,
+    "hidden_saliency": 1.2e-5,
     "params": 0.0,
 }
 # random_4's cell amplifies its activations to ~1e18, where float32 round-off in another
-# summation order moves its gradient columns by up to 2e-3 (measured, as above): a
-# property of that cell, not a tolerance for the others.
+# summation order moves its gradient columns by up to 2e-3 (measured, as above; on the
+# AVX-512 machine its noise cosines moved 1.2e-6 and 1.3e-5): a property of that cell,
+# not a tolerance for the others.
 ILL_CONDITIONED = {
     "random_4": {
         "synaptic_saliency": 2e-5,
         "jacob_cov": 5e-4,
         "jacobian_cosine": 3e-6,
         "jacobian_noise": 3e-3,
-        "jacobian_noise_cosine": 1e-6,
+        "jacobian_noise_cosine": 3e-6,
         "jacobian_more_noise": 3e-4,
-        "jacobian_more_noise_cosine": 1.5e-6,
+        "jacobian_more_noise_cosine": 3e-5,
         "hidden_saliency": 5e-5,
     }
 }
