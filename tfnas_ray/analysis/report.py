@@ -363,7 +363,12 @@ def _agrees_with_correlations(truth_rows: Sequence[dict], rows: Sequence[dict], 
     metrics of `target`, on the truth rows where both have a value)?"""
     from scipy import stats
 
-    singles = [r for r in rows if r["target"] == target and not r["metric"].startswith("ensemble:") and r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"])]
+    # Baselines are read from the specs (the same in every plan), not from scores/.
+    singles = [
+        r for r in rows
+        if r["target"] == target and not r["metric"].startswith("ensemble:") and not r.get("is_baseline")
+        and r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"])
+    ]
     y = np.array([r["value"] if r["value"] is not None else math.nan for r in truth_rows], dtype=float)
 
     def agrees(scores: pa.Table) -> bool:
@@ -388,6 +393,9 @@ def _correlation_sections(out: Location) -> list[Section]:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     truth_rows = [r for r in truth.to_pylist() if r["target"] == target]
     scores, note = _plan_scores(out.child("scores"), _agrees_with_correlations(truth_rows, rows, target))
+    from tfnas_ray.pipeline import run_baselines
+
+    scores, _ = run_baselines(out.child("scores"), scores)  # as `correlate` added them: from the specs
     columns = _method_columns(scores, [r["arch_id"] for r in truth_rows], metrics)
     y = np.array([r["value"] if r["value"] is not None else math.nan for r in truth_rows], dtype=float)
     by_pair = {(r["metric"], r["target"]): r for r in rows}
