@@ -307,11 +307,12 @@ def correlate(
     plan: Annotated[Optional[str], typer.Option(help="a directory holding several scoring plans: the plan id (or a prefix) to read; default the newest")] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="metrics or ensemble:a+b to correlate (default: every metric, and the baselines)")] = None,
     archs: Annotated[Optional[str], typer.Option(help="archs table the baselines are computed from (default: archs.parquet beside the scores directory, if there is one)")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="metric, baseline or ensemble:a+b every metric is set against (default: the best baseline of each target)")] = None,
 ) -> None:
     """Kendall τ, Spearman ρ (with bootstrap 95% intervals) and Pearson r of every metric
-    against every target, signed, and each metric against the best trivial baseline
-    (paired bootstrap of the τ difference). A directory of shards is read one scoring
-    plan at a time, never averaged over plans."""
+    against every target, signed, and each metric against the best trivial baseline, or
+    --reference (paired bootstrap of the τ difference). A directory of shards is read one
+    scoring plan at a time, never averaged over plans."""
     from tfnas_ray import tables
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
     from tfnas_ray.pipeline import baselines, directions, run_baselines
@@ -337,6 +338,7 @@ def correlate(
             directions=directions(),
             metrics=names,
             baselines=baselines(),
+            reference=reference,  # checked against the scores and baselines before any τ
         )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))
@@ -372,6 +374,7 @@ def reproduce(
     batches: Batches = 1,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
+    reference: Annotated[Optional[str], typer.Option(help="metric, baseline or ensemble:a+b every metric is set against (default: the best baseline of each target)")] = None,
 ) -> None:
     """Reproduce the paper's table on a shipped benchmark: export, score through Ray,
     correlate, print."""
@@ -409,6 +412,7 @@ def reproduce(
                 repeats=Repeats(init_seeds, batches),
                 progress=progress,
                 log=typer.echo,
+                reference=reference,
             )
     except ScoringInterrupted as stop:
         fail(f"{stop}; {_resume_hint()}")

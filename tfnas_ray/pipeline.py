@@ -293,6 +293,7 @@ def reproduce(
     repeats: Repeats = Repeats(),
     progress: bool = True,
     log: Callable[[str], None] = print,
+    reference: str | None = None,
 ) -> ReproduceResult:
     """Export a shipped benchmark, score it through Ray, correlate, and write:
     DIR/archs.parquet, DIR/truth.parquet, DIR/scores/ (shards), DIR/correlations.parquet;
@@ -308,7 +309,9 @@ def reproduce(
     architectures briefly with Ray Tune (DIR/train/) and reports τ of the short-run loss
     against the published result, and of every metric against the short-run loss.
     `repeats` (`--init-seeds S --batches B`) scores under several seeds and minibatches;
-    the correlations then say how stable each metric's ranking is.
+    the correlations then say how stable each metric's ranking is. `reference` (a metric
+    scored, a baseline of the space or `ensemble:a+b` of them) takes the best baseline's
+    place in the correlations' paired comparison.
     """
     with checking_input():  # every check before a file is written or Ray starts
         bench = get_benchmark(benchmark_name)
@@ -334,17 +337,23 @@ def reproduce(
         plan_identity(config, [bench.space])
         check_protocol(config, [bench.space])
         check_batch_options([bench.space], config.batch_options)
+        if reference is not None:
+            from tfnas_ray.analysis.correlation import check_reference
+            from tfnas_ray.metrics.baselines import baseline_names
+
+            check_reference(reference, [*config.metrics, *baseline_names(bench.space)])
         archs, truth = bench.load()
     with hold(out, log=log):  # one run per output directory, taken before anything is written
         return _reproduce_into(
             out, bench, archs, truth, config, nb,
             limit=limit, address=address, resamples=resamples, train=train, repeats=repeats, progress=progress, log=log,
+            reference=reference,
         )
 
 
 def _reproduce_into(
     out: Location, bench, archs: pa.Table, truth: pa.Table, config: ScoreConfig, nb: NbBertOptions | None,
-    *, limit, address, resamples, train, repeats, progress, log,
+    *, limit, address, resamples, train, repeats, progress, log, reference=None,
 ) -> ReproduceResult:
     """`reproduce` after its checks, holding the lease of `out`."""
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
@@ -367,6 +376,7 @@ def _reproduce_into(
         metrics=list(config.metrics) + added,
         targets=targets,
         baselines=baselines(),
+        reference=reference,
     )
     checks = ()
     if nb is not None:

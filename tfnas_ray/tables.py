@@ -79,13 +79,17 @@ CORRELATIONS = pa.schema(
         pa.field("tau_between_batches", pa.float64()),  # mean Kendall τ between batches, same seed
         pa.field("tau_seed_averaged", pa.float64()),  # τ vs target of the mean over seeds (batch 0)
         # Against the trivial baselines (analysis.correlation.paired_tau_difference), oriented
-        # so that > 0 means this metric ranks better than the best baseline for this target:
+        # so that > 0 means this metric ranks better than the reference (the best baseline
+        # for this target unless `correlate --reference` names another method):
         pa.field("is_baseline", pa.bool_()),  # this metric is a trivial baseline (metrics/baselines.py)
         pa.field("baseline", pa.string()),  # the best baseline for this target (by oriented τ)
-        pa.field("tau_minus_baseline", pa.float64()),  # oriented τ of the metric − that of the baseline, same rows
+        pa.field("tau_minus_baseline", pa.float64()),  # oriented τ of the metric − that of `reference`, same rows
         pa.field("diff_lo", pa.float64()),  # paired bootstrap interval of that difference
         pa.field("diff_hi", pa.float64()),
         pa.field("verdict", pa.string()),  # "beats" | "does not beat" | "indistinguishable"
+        # What the four columns above compare with: `baseline` by default, or the method
+        # given as `correlate --reference` (null in tables written before it existed).
+        pa.field("reference", pa.string()),
     ]
 )
 

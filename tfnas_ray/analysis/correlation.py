@@ -21,6 +21,12 @@ and its paired percentile bootstrap interval (both τs computed on the same resa
 architectures), with a verdict: "beats" (interval above 0), "does not beat" (below 0:
 the baseline ranks better) or "indistinguishable" (the interval covers 0). Choosing
 the best of several baselines on the same data favours the baselines, never the metric.
+
+Against a reference of one's choosing (`correlate(..., reference=M)`, `tfnas correlate
+--reference M`): the same paired comparison with M — any scored metric, baseline or
+`ensemble:a+b` of them — in place of the best baseline (e.g. `decoder_params`, the proxy
+of Lightweight Transformer Search, on a transformer family). The column `reference`
+names what each row was set against; `baseline` still names the best baseline.
 """
 
 from __future__ import annotations
@@ -151,6 +157,25 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
     """(resamples, n) draw counts of `resamples` bootstrap resamples of n rows (each n
     rows drawn uniformly with replacement)."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+
+
+def check_reference(reference: str, available) -> None:
+    """Refuse a reference that is not a metric of `available` (the scored metrics and the
+    baselines added) or a rank ensemble `ensemble:a+b` of them — before any work.
+
+    Raises:
+        TfnasError: one line naming the reference and listing what is available.
+    """
+    from tfnas_ray.analysis.ranking import parse_method
+
+    have = sorted(set(available))
+    method = parse_method(reference)  # a malformed ensemble says why
+    missing = [m for m in method.members if m not in have]
+    if missing:
+        what = f"--reference {reference!r}: member {missing[0]!r} is" if method.is_ensemble else f"--reference {reference!r} is"
+        raise TfnasError(
+            f"{what} not among the scored metrics and baselines; available: {', '.join(have) or '(none)'} (or ensemble:a+b of them)"
+        )
 
 
 def verdict(lo: float, hi: float) -> str | None:
@@ -334,6 +359,7 @@ def correlate(
     metrics: list[str] | None = None,
     targets: list[str] | None = None,
     baselines: Sequence[str] = (),
+    reference: str | None = None,
 ) -> pa.Table:
     """The correlations table: one row per (metric, target).
 
@@ -345,16 +371,22 @@ def correlate(
         baselines: the names of the trivial baselines (`Metric.baseline`); those among
             the correlated metrics are marked (`is_baseline`), and every metric is set
             against the best of them per target (module doc; `paired_tau_difference`).
+        reference: set every metric against this method instead of the best baseline
+            (a metric of `scores`, or `ensemble:a+b` of them; correlated too if not
+            among `metrics`); the column `reference` names it.
 
     Raises:
         TfnasError: no architecture appears in both tables; values computed on more than
-            one device kind (CPU and GPU).
+            one device kind (CPU and GPU); a reference that is not among the scores.
     """
     scores = tables.conform("scores", scores, what="scores table")
     truth = tables.conform("truth", truth, what="truth table")
     _check_one_device(scores)
     per_metric = _mean_scores(scores)
-    metric_names = metrics or sorted(per_metric)
+    metric_names = list(metrics or sorted(per_metric))
+    if reference is not None:
+        check_reference(reference, per_metric)
+        metric_names += [reference] if reference not in metric_names else []
     for name in metric_names:
         if name.startswith("ensemble:") and name not in per_metric:
             per_metric[name] = _ensemble_values(name, per_metric, directions or {})
@@ -395,7 +427,7 @@ def correlate(
                     "is_baseline": metric in set(baselines),
                 }
             )
-    _against_baselines(rows, lambda metric, target: pairs_of(per_metric.get(metric, {}), target), config)
+    _against_baselines(rows, lambda metric, target: pairs_of(per_metric.get(metric, {}), target), config, reference=reference)
     table = tables.from_rows("correlations", rows)
     table = table.replace_schema_metadata(
         {
@@ -419,6 +451,10 @@ def correlate(
                     f"diff_lo/diff_hi: paired percentile bootstrap ({config.resamples} resamples of rows, the same "
                     f"resample for both taus, {config.confidence:.0%}, numpy default_rng([{config.seed}, 1])); verdict: "
                     "beats (interval > 0), does not beat (< 0), indistinguishable (covers 0)",
+                    "reference": f"every metric set against the given reference {reference!r} instead of the best baseline "
+                    "(tau_minus_baseline, diff_lo, diff_hi, verdict as above, with it in the baseline's place)"
+                    if reference is not None
+                    else "the best baseline (column reference = column baseline)",
                     "sign": "signed; never abs()",
                 }
             ).encode()
@@ -443,8 +479,9 @@ def _orientation(row: dict) -> int | None:
     return 1 if direction == target else -1
 
 
-def _against_baselines(rows: list[dict], pairs_of, config: CorrelationConfig) -> None:
-    """Fill each row's comparison with the best baseline of its target (in place)."""
+def _against_baselines(rows: list[dict], pairs_of, config: CorrelationConfig, *, reference: str | None = None) -> None:
+    """Fill each row's comparison with the best baseline of its target, or with
+    `reference` where one is given (in place)."""
     for target in dict.fromkeys(r["target"] for r in rows):
         of_target = [r for r in rows if r["target"] == target]
         candidates = [
@@ -452,19 +489,21 @@ def _against_baselines(rows: list[dict], pairs_of, config: CorrelationConfig) ->
             for r in of_target
             if r["is_baseline"] and _orientation(r) is not None and r["kendall_tau"] == r["kendall_tau"]
         ]
-        if not candidates:
+        best = max(candidates)[1] if candidates else None  # ties: the later name, deterministically
+        against = reference if reference is not None else best
+        if against is None:
             continue
-        best_tau, best = max(candidates)  # ties: the later name, deterministically
-        best_row = next(r for r in of_target if r["metric"] == best)
-        best_values, truth = pairs_of(best, target)
+        against_row = next(r for r in of_target if r["metric"] == against)
+        against_sign = _orientation(against_row)
+        against_values, truth = pairs_of(against, target)
         for row in of_target:
-            row["baseline"] = best
+            row["baseline"], row["reference"] = best, against
             sign = _orientation(row)
-            if row is best_row or sign is None:
+            if row is against_row or sign is None or against_sign is None:  # no direction: no verdict
                 continue
             values, _ = pairs_of(row["metric"], target)
             diff = paired_tau_difference(
-                values, best_values, truth, sign_x=sign, sign_baseline=_orientation(best_row), config=config
+                values, against_values, truth, sign_x=sign, sign_baseline=against_sign, config=config
             )
             row.update({k: diff[k] for k in ("tau_minus_baseline", "diff_lo", "diff_hi", "verdict")})
 
@@ -484,19 +523,26 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
     def num(v, width=6):
         return f"{v:+.{width - 3}f}" if v is not None and v == v else "nan".rjust(width)
 
+    def against(r) -> str | None:  # what the row was set against (tables before `reference`: the baseline)
+        return r.get("reference") or r.get("baseline")
+
+    # A reference given to `correlate` (not the best baseline chosen per target).
+    given = next((r["reference"] for r in rows if r.get("reference") and r["reference"] != r.get("baseline")), None)
+
     def versus(r) -> str:
-        if r.get("baseline") is None:
+        if against(r) is None:
             return ""
-        if r["metric"] == r["baseline"]:
-            return "best baseline"
+        if r["metric"] == against(r):
+            return "reference" if given else "best baseline"
         if r.get("tau_minus_baseline") is None or r["tau_minus_baseline"] != r["tau_minus_baseline"]:
             return "-"
         return f"{num(r['tau_minus_baseline'])} [{num(r.get('diff_lo'))}, {num(r.get('diff_hi'))}] {r.get('verdict') or ''}"
 
-    compared = any(r.get("baseline") is not None for r in rows)
+    compared = any(against(r) is not None for r in rows)
+    versus_header = f"Δτ vs {given} [95% CI], verdict" if given else "Δτ vs best baseline [95% CI], verdict"
     header = (
         f"{'B':1s} {'metric':28s} {'target':16s} {'n':>5s}  {'τ':>6s} [{'95% CI':^15s}]  {'ρ':>6s} [{'95% CI':^15s}]  {'r':>6s}  "
-        + (f"{'Δτ vs best baseline [95% CI], verdict':53s}  " if compared else "")
+        + (f"{versus_header:53s}  " if compared else "")
         + "direction"
     )
     lines = [header, "-" * len(header)]
@@ -507,22 +553,33 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
             + (f"{versus(r):53s}  " if compared else "")
             + f"{r.get('direction') or ''}"
         )
-    if any(r.get("is_baseline") for r in rows):
+    if given:
+        lines.append(f"B: a trivial baseline (tfnas metrics); Δτ: oriented τ (> 0 ranks like the truth) minus that of the reference {given}, same architectures, paired bootstrap")
+    elif any(r.get("is_baseline") for r in rows):
         lines.append("B: a trivial baseline (tfnas metrics); Δτ: oriented τ (> 0 ranks like the truth) minus the best baseline's, same architectures, paired bootstrap")
     for target in target_order:
-        of_target = [r for r in rows if r["target"] == target and r.get("baseline") is not None]
-        others = [r for r in of_target if not r.get("is_baseline") and r.get("verdict") is not None]
+        of_target = [r for r in rows if r["target"] == target and against(r) is not None]
         if not of_target:
             continue
-        best = of_target[0]["baseline"]
-        best_row = next((r for r in of_target if r["metric"] == best), None)
-        tau = num(best_row["kendall_tau"]) if best_row is not None else "nan"
+
+        def tau_of(name) -> str:
+            row = next((r for r in of_target if r["metric"] == name), None)
+            return num(row["kendall_tau"]) if row is not None else "nan"
+
+        best = of_target[0].get("baseline")
+        if given:  # every other method, baselines included, against the reference
+            others = [r for r in of_target if r["metric"] != given and r.get("verdict") is not None]
+            summary = f"{target}: reference {given} (τ {tau_of(given)})"
+        else:
+            others = [r for r in of_target if not r.get("is_baseline") and r.get("verdict") is not None]
+            summary = f"{target}: best baseline {best} (τ {tau_of(best)})"
         counts = {v: sum(r["verdict"] == v for r in others) for v in VERDICTS}
-        summary = f"{target}: best baseline {best} (τ {tau})"
         if others:
-            summary += f"; of {len(others)} other metrics {counts['beats']} beat it, {counts['does not beat']} do not, "
+            summary += f"; of {len(others)} other {'methods' if given else 'metrics'} {counts['beats']} beat it, {counts['does not beat']} do not, "
             summary += f"{counts['indistinguishable']} are indistinguishable from it"
-        if others and not counts["beats"]:
+        if given:
+            summary += f"; best baseline {best} (τ {tau_of(best)})" if best is not None else ""
+        elif others and not counts["beats"]:
             summary += " — no training-free metric beats the baseline"
         lines.append(summary)
     stable = [r for r in rows if r.get("tau_between_seeds") is not None or r.get("tau_between_batches") is not None]
