@@ -322,7 +322,7 @@ def test_the_regret_section_says_what_its_spread_is_and_who_does_not_beat_the_ba
     assert {r["reference"] for r in rows} == {"params"}
     behind = [r["pool_size"] for r in rows if r["regret_diff_hi"] >= 0]
     figure = next(f for f in section.figures if f.name == "regret-top1")
-    labels = [t.get_text() for t in figure.figure.axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in figure.figure.legends[0].get_texts()]  # below the axes
     assert "params (best baseline)" in labels
     if behind:
         assert "hidden_cov (does not beat the baseline)" in labels

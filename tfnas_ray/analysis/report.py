@@ -215,41 +215,78 @@ def not_beating(rows: Sequence[dict]) -> dict[str, list[int]]:
     return out
 
 
-def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
+# The regret figure draws in colour, with a legend entry, the reference, the best
+# baseline, random, the oracle and this many other methods (those of lowest regret at
+# the largest pool); every further method is a thin grey line without one. 26 methods
+# (the hf study) in one legend covered the curves.
+HIGHLIGHTED = 6
+
+
+def _best_of(methods: Sequence[str], rows: Sequence[dict]) -> list[str]:
+    """`methods` from lowest regret at the largest pool size to highest (ties: the mean
+    regret over every pool size, then the name)."""
+    largest = max(r["pool_size"] for r in rows)
+
+    def key(method: str) -> tuple[float, float, str]:
+        own = [r for r in rows if r["method"] == method and r["regret"] is not None and math.isfinite(r["regret"])]
+        at_largest = [r["regret"] for r in own if r["pool_size"] == largest]
+        return (at_largest[0] if at_largest else math.inf, float(np.mean([r["regret"] for r in own])) if own else math.inf, method)
+
+    return sorted(methods, key=key)
+
+
+def regret_figure(rows: Sequence[dict], keep: int, *, highlighted: int = HIGHLIGHTED) -> ReportFigure:
     """Regret against pool size for every method, random and the oracle (2.5–97.5% of
-    pools). Methods that do not beat the best baseline are drawn dotted and say so in the
-    legend; the baseline itself is drawn thick."""
-    figure, axes = _figure()
+    pools). In colour and in the legend: the reference the table compares with (drawn
+    thick), the best baseline, random, the oracle and the `highlighted` methods of lowest
+    regret at the largest pool; the others are thin grey lines, named in the table. Methods
+    that do not beat the reference are drawn dotted and say so in the legend."""
+    from tfnas_ray.analysis.ranking import baseline_candidates
+
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
+    metrics = [m for m in methods if m not in BASELINES]
     target = rows[0].get("target") or "target"
     references = {r.get("reference") for r in rows} - {None}
     behind = not_beating(rows)
-    # One distinct colour and marker per method (the default cycle repeats after 10), and
-    # bands only where they stay readable: always for random, for the metrics when few.
-    palette = matplotlib.colormaps["tab20"].colors
+    candidates = _best_of(baseline_candidates(metrics), rows)
+    best_baseline = candidates[0] if candidates else None
+    chosen = [m for m in (*sorted(references), best_baseline) if m in metrics]
+    chosen += _best_of([m for m in metrics if m not in chosen], rows)[:highlighted]
+    coloured = list(dict.fromkeys(chosen))
+    grey = [m for m in metrics if m not in coloured]
+    figure, axes = _figure()
+    # Distinct colours and markers for the few coloured methods; bands only where they
+    # stay readable: always for random, for the methods when at most four.
+    palette = matplotlib.colormaps["tab10"].colors
     markers = "os^vD<>ph*"
-    metrics = [m for m in methods if m not in BASELINES]
     bands = len(metrics) <= 4
-    for method in methods:
+    handles = []
+    for method in grey + coloured + [m for m in BASELINES if m in methods]:  # grey first: underneath
         own = sorted((r for r in rows if r["method"] == method), key=lambda r: r["pool_size"])
         x = np.array([r["pool_size"] for r in own], dtype=float)
-        y = np.array([r["regret"] for r in own], dtype=float)
+        y = np.array([r["regret"] if r["regret"] is not None else math.nan for r in own], dtype=float)
         lo = np.array([r["regret_lo"] if r["regret_lo"] is not None else math.nan for r in own], dtype=float)
         hi = np.array([r["regret_hi"] if r["regret_hi"] is not None else math.nan for r in own], dtype=float)
         label = method
         if method in BASELINES:
             style = {"random": dict(color="black", linestyle="--", marker="o"), "oracle": dict(color="0.5", linestyle=":", marker="o")}[method]
+        elif method in grey:
+            style = dict(color="0.6", linewidth=0.8, alpha=0.7)
+            label = "_" + method  # no legend entry: the table names it
         else:
-            i = metrics.index(method)
-            style = dict(color=palette[(2 * i) % 20 + (2 * i) // 20 % 2], marker=markers[i % len(markers)])
+            i = coloured.index(method)
+            style = dict(color=palette[i % len(palette)], marker=markers[i % len(markers)])
             if method in references:
                 style.update(linewidth=3)
-                label = f"{method} (best baseline)"
+                label = f"{method} (best baseline)" if method == best_baseline else f"{method} (reference)"
             elif method in behind:
-                style.update(linestyle=":", alpha=0.7)
-                label = f"{method} (does not beat the baseline)"
-        (line,) = axes.plot(x, y, markersize=4, label=label, **style)
+                style.update(linestyle=":", alpha=0.8)
+                label = f"{method} (does not beat the {'baseline' if best_baseline in references else 'reference'})"
+            elif method == best_baseline:
+                label = f"{method} (best baseline)"
+        (line,) = axes.plot(x, y, markersize=4 if method not in grey else 0, label=label, **style)
+        if not label.startswith("_"):
+            handles.append(line)
         if np.isfinite(lo).any() and (bands or method == "random"):
             axes.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     pools = sorted({r["pool_size"] for r in rows})
@@ -258,14 +295,21 @@ def regret_figure(rows: Sequence[dict], keep: int) -> ReportFigure:
     axes.set_xlabel("pool size (architectures)")
     axes.set_ylabel(f"regret in {target} (gap to the pool's best)")
     axes.set_title(f"Regret of the top-{keep} pick against pool size")
-    axes.legend(loc="best", fontsize="x-small", ncol=2 if len(methods) > 8 else 1)
+    # Below the axes, so no curve is hidden behind it.
+    figure.legend(handles=handles, loc="outside lower center", fontsize="x-small", ncols=2 if len(handles) > 3 else len(handles))
+    figure.set_figheight(FIGSIZE[1] + 0.17 * math.ceil(len(handles) / 2))
     axes.grid(alpha=0.3)
     caption = (
         "Mean over random pools; shaded: 2.5–97.5% of pools, the spread of one search's outcome, not an interval of the mean "
         "(for every method when at most four, else for random). Lower is better; the oracle is 0 by definition."
     )
     if references:
-        caption += " Dotted: no better than the best baseline (paired 95% interval of the per-pool regret difference not below 0)."
+        caption += " Dotted: no better than the reference (paired 95% interval of the per-pool regret difference not below 0)."
+    if grey:
+        caption += (
+            f" In colour: the reference, the best baseline, random, the oracle and the {highlighted} methods of lowest regret "
+            f"at the largest pool ({pools[-1]}); {len(grey)} more methods in thin grey, unlabelled: their numbers are in the table."
+        )
     return ReportFigure(f"regret-top{keep}", f"Regret, keep {keep}", figure, caption)
 
 
