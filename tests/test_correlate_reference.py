@@ -207,3 +207,15 @@ def test_reproduce_refuses_an_unknown_reference_before_ray_starts(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith("error: --reference 'num_layers' is not among the scored metrics and baselines; available: cell_depth, cell_nodes, ")
     assert "hidden_cov" in result.output and not out.exists()
+
+
+def test_the_report_tau_chart_names_the_reference():
+    from tfnas_ray.analysis.report import tau_bar_figure
+
+    scores, truth, dirs, _, _ = _noisy_tables()
+    table = correlate(scores, truth, config=CorrelationConfig(resamples=RESAMPLES), directions=dirs, baselines=["width", "depth"], reference="negated_higher")
+    fig = tau_bar_figure(table.to_pylist(), "test_loss")
+    labels = [t.get_text() for t in fig.figure.axes[0].get_legend().get_texts()]
+    # width_copy and negated_lower rank like width: better than its inversion.
+    assert labels == ["reference: negated_higher", "beats negated_higher (paired interval above 0)", "trivial baseline"]
+    assert "set against the reference (negated_higher)" in fig.caption

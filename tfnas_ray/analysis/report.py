@@ -141,9 +141,10 @@ def scatter_figure(metric: str, target: str, x: np.ndarray, y: np.ndarray, corre
 def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
     """Kendall τ of every metric against `target`, with the 95% interval as error bars.
 
-    Where the correlations table compares each metric with the best trivial baseline
-    (columns `is_baseline`, `baseline`, `verdict`), baselines are drawn grey, metrics
-    that beat it blue, the others hatched orange, and the best baseline's τ as a line.
+    Where the correlations table compares each metric with the best trivial baseline, or
+    the reference given to `correlate` (columns `is_baseline`, `baseline`, `reference`,
+    `verdict`), baselines are drawn grey, metrics that beat it blue, the others hatched
+    orange, and its τ as a line.
     """
     rows = sorted(rows, key=lambda r: r["kendall_tau"] if r["kendall_tau"] is not None and math.isfinite(r["kendall_tau"]) else -2)
     names = [r["metric"] + (" (baseline)" if r.get("is_baseline") else "") for r in rows]
@@ -153,12 +154,19 @@ def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
     errors = np.nan_to_num(np.vstack([tau - lo, hi - tau]), nan=0.0)
     figure, axes = _figure((6.4, max(2.4, 0.35 * len(rows) + 1.2)))
     positions = np.arange(len(rows))
-    best_baseline = next((r.get("baseline") for r in rows if r.get("baseline")), None)
+    # What the verdicts compare with (tables written before `reference` name the baseline).
+    best_baseline = next((r.get("reference") or r.get("baseline") for r in rows if r.get("reference") or r.get("baseline")), None)
+    given = best_baseline is not None and best_baseline != next((r.get("baseline") for r in rows if r.get("baseline")), None)
     if best_baseline is None:
         axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color="tab:blue")
     else:
-        kinds = ["baseline" if r.get("is_baseline") else "beats" if r.get("verdict") == "beats" else "not" for r in rows]
+        kinds = [
+            "baseline" if r.get("is_baseline") else "reference" if r["metric"] == best_baseline
+            else "beats" if r.get("verdict") == "beats" else "not"
+            for r in rows
+        ]
         styles = {
+            "reference": dict(color="0.3", label="_reference"),  # a metric given as the reference: the line names it
             "beats": dict(color="tab:blue", label=f"beats {best_baseline} (paired interval above 0)"),
             "not": dict(color="tab:orange", hatch="//", label=f"does not beat {best_baseline}"),
             "baseline": dict(color="0.6", label="trivial baseline"),
@@ -169,7 +177,7 @@ def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
                 axes.barh(positions[chosen], np.nan_to_num(tau[chosen]), xerr=errors[:, chosen], capsize=3, **style)
         reference = next((r for r in rows if r["metric"] == best_baseline), None)
         if reference is not None and reference["kendall_tau"] is not None and math.isfinite(reference["kendall_tau"]):
-            axes.axvline(reference["kendall_tau"], color="0.3", linestyle="--", linewidth=1, label=f"best baseline: {best_baseline}")
+            axes.axvline(reference["kendall_tau"], color="0.3", linestyle="--", linewidth=1, label=f"{'reference' if given else 'best baseline'}: {best_baseline}")
         axes.legend(loc="best", fontsize="x-small")
     axes.set_yticks(positions, names)
     axes.axvline(0, color="black", linewidth=0.8)
@@ -178,7 +186,7 @@ def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
     axes.set_title(f"Kendall τ against {target}")
     caption = "Signed τ: positive means the metric ranks architectures as the target does (its declared direction applied)."
     if best_baseline is not None:
-        caption += f" Each metric is set against the best trivial baseline ({best_baseline}) by a paired bootstrap of the τ difference on the same architectures."
+        caption += f" Each metric is set against {'the reference' if given else 'the best trivial baseline'} ({best_baseline}) by a paired bootstrap of the τ difference on the same architectures."
     return ReportFigure(f"tau-{_safe(target)}", f"τ across metrics ({target})", figure, caption)
 
 
@@ -447,28 +455,34 @@ def _correlation_sections(out: Location) -> list[Section]:
     figures += [scatter_figure(m, target, columns[m], y, by_pair[(m, target)]) for m in metrics]
     compared = any(r.get("verdict") is not None or r.get("is_baseline") for r in rows)
     header = ["metric", "target", "n", "Kendall τ [95%]", "Spearman ρ [95%]", "Pearson r"]
+
+    def against(r: dict) -> str | None:  # the reference given to `correlate`, else the best baseline
+        return r.get("reference") or r.get("baseline")
+
+    given = next((r["reference"] for r in rows if r.get("reference") and r["reference"] != r.get("baseline")), None)
     if compared:
-        header += ["τ − best baseline's [paired 95%]", "against the best baseline"]
+        header += [f"τ − {given}'s [paired 95%]", f"against {given}"] if given else ["τ − best baseline's [paired 95%]", "against the best baseline"]
     table = _html_table(
         header,
         [
             [r["metric"], r["target"], r["n"], _interval(r["kendall_tau"], r["kendall_lo"], r["kendall_hi"]), _interval(r["spearman_rho"], r["spearman_lo"], r["spearman_hi"]), _fmt(r["pearson_r"], "+.3f")]
-            + ([("(baseline)" if r.get("is_baseline") else "") + (f" {r['baseline']}: " if r.get("baseline") else "") + _interval(r.get("tau_minus_baseline"), r.get("diff_lo"), r.get("diff_hi")), r.get("verdict") or "–"] if compared else [])
+            + ([("(baseline)" if r.get("is_baseline") else "") + (f" {against(r)}: " if against(r) else "") + _interval(r.get("tau_minus_baseline"), r.get("diff_lo"), r.get("diff_hi")), r.get("verdict") or "–"] if compared else [])
             for r in rows
         ],
     )
     sentences = [note] if note else []
     if compared:
         for t in dict.fromkeys(r["target"] for r in rows):
-            mine = [r for r in rows if r["target"] == t and not r.get("is_baseline")]
-            behind = [r["metric"] for r in mine if r.get("verdict") != "beats"]
-            baseline = next((r["baseline"] for r in rows if r["target"] == t and r.get("baseline")), None)
+            baseline = next((against(r) for r in rows if r["target"] == t and against(r)), None)
             if baseline is None:
                 continue
+            mine = [r for r in rows if r["target"] == t and not r.get("is_baseline") and r["metric"] != baseline]
+            behind = [r["metric"] for r in mine if r.get("verdict") != "beats"]
+            what = "the reference" if given else "the best baseline"
             if behind:
-                sentences.append(f"{t}: do not beat the best baseline {baseline} (paired bootstrap interval of the τ difference not above 0): {', '.join(behind)}.")
+                sentences.append(f"{t}: do not beat {what} {baseline} (paired bootstrap interval of the τ difference not above 0): {', '.join(behind)}.")
             elif mine:
-                sentences.append(f"{t}: every metric beats the best baseline {baseline}.")
+                sentences.append(f"{t}: every metric beats {what} {baseline}.")
     sections = [Section("Metrics against the truth", figures, table, text=" ".join(sentences))]
     archs = _read("archs", out.child("archs.parquet"))
     if archs is not None and archs.num_rows and archs.column("space")[0].as_py() == "nb-bert" and "glue" in set(truth.column("target").to_pylist()):
