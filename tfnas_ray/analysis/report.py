@@ -10,11 +10,14 @@
   front of score vs parameter count, the kept architectures marked.
 - evaluate-search (search_eval.parquet): per keep K, regret against pool size for every
   method, random and the oracle, with the 2.5–97.5% spread of regret over pools; where
-  the table compares methods with the best baseline, which ones do not beat it.
+  the table compares methods with the best baseline, which ones do not beat it. With
+  many methods only the reference, the best baseline, random, the oracle and the
+  HIGHLIGHTED best are coloured and in the legend; the others are thin grey lines.
 
 Scores come from the one scoring plan the run used (`_plan_scores`), never a mix of the
 plans a directory of shards may hold. Where the correlations table sets metrics against
-the best trivial baseline, the τ chart and the text say which metrics do not beat it.
+the best trivial baseline (or the reference `correlate --reference` was given), the τ
+chart and the text say which metrics do not beat it.
 - train (truth.parquet with learning curves; a search's train/): the learning curves.
 
 It writes DIR/figures/NAME.png and DIR/report.html, the same figures embedded as base64
