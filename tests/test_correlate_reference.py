@@ -219,3 +219,17 @@ def test_the_report_tau_chart_names_the_reference():
     # width_copy and negated_lower rank like width: better than its inversion.
     assert labels == ["reference: negated_higher", "beats negated_higher (paired interval above 0)", "trivial baseline"]
     assert "set against the reference (negated_higher)" in fig.caption
+
+
+def test_reproduce_sets_every_metric_against_the_reference(ray_cluster, tmp_path):
+    from tfnas_ray.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["reproduce", "nb-nlp-ptb", "--out", str(out), "--limit", "8", "-m", "params", "--reference", "cell_depth", "--resamples", "20", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [r for r in pq.read_table(out / "correlations.parquet").to_pylist() if r["target"] == "test_loss"]
+    assert {r["reference"] for r in rows} == {"cell_depth"}
+    assert next(r for r in rows if r["metric"] == "params")["tau_minus_baseline"] is not None
+    assert "test_loss: reference cell_depth" in result.output
