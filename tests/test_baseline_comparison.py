@@ -22,8 +22,8 @@ from tfnas_ray.analysis.correlation import (
     resample_counts,
 )
 from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.metrics import baselines, directions
 from tfnas_ray.metrics.baselines import baseline_scores
-from tfnas_ray.pipeline import baselines, directions
 
 
 def test_resampled_tau_b_equals_scipy_on_every_resample_with_ties():

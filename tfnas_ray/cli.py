@@ -153,7 +153,7 @@ MicroBatch = Annotated[Optional[int], typer.Option(help="nb-bert: rows per forwa
 
 def _nb_bert_options(reading, seq_len, mode, *, default_reading: str = "described", micro_batch=None):
     """(NbBertOptions, names of the options given) from the shared nb-bert options."""
-    from tfnas_ray.nb_bert_protocol import NbBertOptions
+    from tfnas_ray.spaces.nasbench_bert.protocol import NbBertOptions
 
     given = [
         n for n, v in (("--reading", reading), ("--seq-len", seq_len), ("--mode", mode), ("--micro-batch", micro_batch))
@@ -272,7 +272,7 @@ def score(
     from tfnas_ray import tables
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
+    from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, check_applies
     from tfnas_ray.pipeline import protocol_options, score_table
 
     with checking_input():  # the archs table is read again, checked, by score_table
@@ -313,8 +313,9 @@ def correlate(
     (paired bootstrap of the τ difference). A directory of shards is read one scoring
     plan at a time, never averaged over plans."""
     from tfnas_ray import tables
+    from tfnas_ray.analysis.baselines import run_baselines
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
-    from tfnas_ray.pipeline import baselines, directions, run_baselines
+    from tfnas_ray.metrics import baselines, directions
     from tfnas_ray.plans import read_scores
     from tfnas_ray.storage import locate
 
@@ -380,7 +381,8 @@ def reproduce(
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import READINGS, side_by_side
+    from tfnas_ray.analysis.nb_bert_checks import side_by_side
+    from tfnas_ray.spaces.nasbench_bert.protocol import READINGS
     from tfnas_ray.pipeline import protocol_options
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
@@ -462,7 +464,7 @@ def search(
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.analysis.search import Constraints
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
+    from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, check_applies
     from tfnas_ray.search_pipeline import SearchConfig, parse_methods, search as run_search
 
     with checking_input():
