@@ -273,6 +273,27 @@ def test_the_name_check_sees_a_stale_import():
     assert {"NbBertOptions", "check_applies", "NB_BERT", "READINGS"} <= defined
 
 
+def test_no_package_defines_a_name_its_submodule_replaces():
+    """A package's `def x` / `x = …` beside a submodule `x.py` is replaced by the module
+    the first time `package.x` is imported (Python sets the attribute), so
+    `from package import x` gives a function or a module depending on what ran before."""
+    clashes = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        submodules = {p.stem for p in init.parent.glob("*.py") if p.name != "__init__.py"}
+        submodules |= {p.name for p in init.parent.iterdir() if (p / "__init__.py").is_file()}
+        for node in ast.parse(init.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined = {node.name}
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            else:
+                continue
+            for name in sorted(defined & submodules):
+                clashes.append(f"{init.relative_to(REPO).as_posix()}:{node.lineno}: {name} is also the submodule {name}")
+    assert not clashes, "names replaced by a submodule on import:\n" + "\n".join(clashes)
+
+
 # ---- what an import really loads --------------------------------------------------------
 
 

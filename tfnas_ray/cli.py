@@ -315,7 +315,7 @@ def correlate(
     from tfnas_ray import tables
     from tfnas_ray.analysis.baselines import run_baselines
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
-    from tfnas_ray.metrics import baselines, directions
+    from tfnas_ray.metrics import baseline_metrics, directions
     from tfnas_ray.plans import read_scores
     from tfnas_ray.storage import locate
 
@@ -326,18 +326,18 @@ def correlate(
             scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
         )
         present = set(scores_table.column("metric").to_pylist())
-        if not present & set(baselines()):
+        if not present & set(baseline_metrics()):
             typer.echo("note: no baseline to compare against: no archs.parquet beside the scores and none scored (give --archs)", err=True)
         names = _metric_names(metric)
         if names:  # the baselines at hand join the metrics asked for: they are the comparison
-            names += [b for b in baselines() if b in present and b not in names]
+            names += [b for b in baseline_metrics() if b in present and b not in names]
         table = correlate_tables(
             scores_table,
             tables.read_table("truth", truth),
             config=config,
             directions=directions(),
             metrics=names,
-            baselines=baselines(),
+            baselines=baseline_metrics(),
         )
     tables.write_table("correlations", table, out)
     typer.echo(format_correlations(table))

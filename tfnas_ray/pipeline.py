@@ -20,7 +20,7 @@ from tfnas_ray.distributed.repeats import Repeats, run_repeated_scoring
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
 from tfnas_ray.errors import InputError, TfnasError, checking_input
 from tfnas_ray.lease import hold
-from tfnas_ray.metrics import baselines, directions, load_metrics
+from tfnas_ray.metrics import baseline_metrics, directions, load_metrics
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, NbBertOptions
 from tfnas_ray.storage import Location, locate
@@ -325,7 +325,7 @@ def _reproduce_into(
         directions=directions(),
         metrics=list(config.metrics) + added,
         targets=targets,
-        baselines=baselines(),
+        baselines=baseline_metrics(),
     )
     checks = ()
     if nb is not None:

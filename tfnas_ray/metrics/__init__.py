@@ -142,7 +142,7 @@ def directions() -> dict[str, str]:
     return {name: metric.direction.value for name, metric in load_metrics().items()}
 
 
-def baselines() -> list[str]:
+def baseline_metrics() -> list[str]:
     """Every metric registered as a trivial baseline (metrics/baselines.py), of any space,
     in registry order."""
     return [name for name, metric in load_metrics().items() if metric.baseline]
