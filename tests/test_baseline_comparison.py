@@ -22,8 +22,8 @@ from tfnas_ray.analysis.correlation import (
     resample_counts,
 )
 from tfnas_ray.benchmarks import get_benchmark
+from tfnas_ray.metrics import baseline_metrics, directions
 from tfnas_ray.metrics.baselines import baseline_scores
-from tfnas_ray.pipeline import baselines, directions
 
 
 def test_resampled_tau_b_equals_scipy_on_every_resample_with_ties():
@@ -180,7 +180,7 @@ def test_baselines_against_the_shipped_truth():
         config=CorrelationConfig(resamples=0),
         directions=directions(),
         targets=["glue"],
-        baselines=baselines(),
+        baselines=baseline_metrics(),
     )
     rows = {r["metric"]: r for r in table.to_pylist()}
     assert rows["num_layers"]["kendall_tau"] == pytest.approx(0.682, abs=5e-4)

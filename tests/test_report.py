@@ -24,7 +24,7 @@ from tfnas_ray.analysis.report import DPI, FIGSIZE, build_sections, write_report
 from tfnas_ray.analysis.search import metric_columns
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.cli import app
-from tfnas_ray.pipeline import directions
+from tfnas_ray.metrics import directions
 from tfnas_ray.search_pipeline import parameter_count
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -153,7 +153,7 @@ MicroBatch = Annotated[Optional[int], typer.Option(help="nb-bert: rows per forwa
 
 def _nb_bert_options(reading, seq_len, mode, *, default_reading: str = "described", micro_batch=None):
     """(NbBertOptions, names of the options given) from the shared nb-bert options."""
-    from tfnas_ray.nb_bert_protocol import NbBertOptions
+    from tfnas_ray.spaces.nasbench_bert.protocol import NbBertOptions
 
     given = [
         n for n, v in (("--reading", reading), ("--seq-len", seq_len), ("--mode", mode), ("--micro-batch", micro_batch))
@@ -272,7 +272,7 @@ def score(
     from tfnas_ray import tables
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
+    from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, check_applies
     from tfnas_ray.pipeline import protocol_options, score_table
 
     with checking_input():  # the archs table is read again, checked, by score_table
@@ -314,8 +314,9 @@ def correlate(
     --reference (paired bootstrap of the τ difference). A directory of shards is read one
     scoring plan at a time, never averaged over plans."""
     from tfnas_ray import tables
+    from tfnas_ray.analysis.baselines import run_baselines
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate as correlate_tables, format_correlations
-    from tfnas_ray.pipeline import baselines, directions, run_baselines
+    from tfnas_ray.metrics import baseline_metrics, directions
     from tfnas_ray.plans import read_scores
     from tfnas_ray.storage import locate
 
@@ -326,18 +327,18 @@ def correlate(
             scores, read_scores(scores, plan=plan, log=lambda line: typer.echo(line, err=True)), archs=archs, plan=plan
         )
         present = set(scores_table.column("metric").to_pylist())
-        if not present & set(baselines()):
+        if not present & set(baseline_metrics()):
             typer.echo("note: no baseline to compare against: no archs.parquet beside the scores and none scored (give --archs)", err=True)
         names = _metric_names(metric)
         if names:  # the baselines at hand join the metrics asked for: they are the comparison
-            names += [b for b in baselines() if b in present and b not in names]
+            names += [b for b in baseline_metrics() if b in present and b not in names]
         table = correlate_tables(
             scores_table,
             tables.read_table("truth", truth),
             config=config,
             directions=directions(),
             metrics=names,
-            baselines=baselines(),
+            baselines=baseline_metrics(),
             reference=reference,  # checked against the scores and baselines before any τ
         )
     tables.write_table("correlations", table, out)
@@ -383,7 +384,8 @@ def reproduce(
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.distributed.repeats import Repeats
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import READINGS, side_by_side
+    from tfnas_ray.analysis.nb_bert_checks import side_by_side
+    from tfnas_ray.spaces.nasbench_bert.protocol import READINGS
     from tfnas_ray.pipeline import protocol_options
     from tfnas_ray.pipeline import reproduce as reproduce_benchmark
 
@@ -466,7 +468,7 @@ def search(
     from tfnas_ray.analysis.report import write_report
     from tfnas_ray.analysis.search import Constraints
     from tfnas_ray.distributed.scoring import ScoringInterrupted
-    from tfnas_ray.nb_bert_protocol import NB_BERT, check_applies
+    from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, check_applies
     from tfnas_ray.search_pipeline import SearchConfig, parse_methods, search as run_search
 
     with checking_input():

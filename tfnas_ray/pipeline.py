@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from tfnas_ray import tables
+from tfnas_ray.analysis.nb_bert_checks import degeneracy_flags, with_flags
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.distributed.repeats import Repeats, run_repeated_scoring
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
 from tfnas_ray.errors import InputError, TfnasError, checking_input
 from tfnas_ray.lease import hold
-from tfnas_ray.metrics import load_metrics
-from tfnas_ray.nb_bert_protocol import NB_BERT, NbBertOptions, degeneracy_flags, with_flags
+from tfnas_ray.metrics import baseline_metrics, directions, load_metrics
 from tfnas_ray.spaces import content_id, get_space
+from tfnas_ray.spaces.nasbench_bert.protocol import NB_BERT, NbBertOptions
 from tfnas_ray.storage import Location, locate
 
 if TYPE_CHECKING:
@@ -43,48 +43,6 @@ def sample_archs(space_name: str, n: int, *, seed: int, space_file: str | None =
         arch_id = space.arch_id(spec) if hasattr(space, "arch_id") else content_id(space.name, spec)
         rows.append({"arch_id": arch_id, "space": space.name, "spec": spec, "source": source, "benchmark_id": None})
     return tables.from_rows("archs", rows)
-
-
-def directions() -> dict[str, str]:
-    return {name: metric.direction.value for name, metric in load_metrics().items()}
-
-
-def baselines() -> list[str]:
-    """Every metric registered as a trivial baseline (metrics/baselines.py)."""
-    return [name for name, metric in load_metrics().items() if metric.baseline]
-
-
-def with_baselines(scores: pa.Table, archs: pa.Table, *, batch_options=None, model_options=None) -> tuple[pa.Table, list[str]]:
-    """`scores` plus the rows of every baseline of `archs`'s spaces that it lacks,
-    computed from the specs (free: no Ray, no model); and the names of those added."""
-    from tfnas_ray.metrics.baselines import baseline_scores
-
-    have = set(scores.column("metric").to_pylist())
-    added = baseline_scores(archs, batch_options=batch_options, model_options=model_options, skip=sorted(have))
-    if not added.num_rows:
-        return scores, []
-    merged = pa.concat_tables([tables.conform("scores", scores), added], promote_options="permissive")
-    return merged, list(dict.fromkeys(added.column("metric").to_pylist()))
-
-
-def run_baselines(scores_dir: str | os.PathLike | Location, scores: pa.Table, *, archs=None, plan: str | None = None) -> tuple[pa.Table, list[str]]:
-    """`with_baselines` for a scores directory: the specs from `archs` (default
-    archs.parquet beside the directory, as `reproduce` lays it out; nothing is added
-    when there is none), the batch and model options from the scoring plan read
-    (`plan`, default the newest), so the FLOPs are counted at the scored length."""
-    from tfnas_ray.plans import plans_in
-
-    where = locate(scores_dir)
-    archs_at = locate(archs) if archs is not None else where.parent.child("archs.parquet")
-    if archs is None and not archs_at.exists():
-        return scores, []
-    batch, model = {}, {}
-    if where.exists() and where.file_type() == pafs.FileType.Directory:
-        plans = plans_in(where)
-        chosen = [p for p in plans if plan is not None and p.plan_id.startswith(plan)] or plans[-1:]
-        if chosen:
-            batch, model = dict(chosen[0].identity.get("batch") or {}), dict(chosen[0].identity.get("model") or {})
-    return with_baselines(scores, tables.read_table("archs", archs_at), batch_options=batch, model_options=model)
 
 
 def protocol_options(protocol: str) -> dict[str, str]:
@@ -358,6 +316,7 @@ def _reproduce_into(
     """`reproduce` after its checks, holding the lease of `out`."""
     from tfnas_ray.analysis.correlation import CorrelationConfig, correlate  # scipy: only here
     from tfnas_ray.distributed.cluster import connect
+    from tfnas_ray.metrics.baselines import with_baselines
 
     archs, truth = select_benchmark(archs, truth, limit)
     if nb is not None:
@@ -375,7 +334,7 @@ def _reproduce_into(
         directions=directions(),
         metrics=list(config.metrics) + added,
         targets=targets,
-        baselines=baselines(),
+        baselines=baseline_metrics(),
         reference=reference,
     )
     checks = ()
@@ -458,9 +417,10 @@ def evaluation_inputs(
         TfnasError: `source` is neither a shipped benchmark nor a directory holding
             truth.parquet and scores/.
     """
+    from tfnas_ray.analysis.baselines import run_baselines
     from tfnas_ray.benchmarks import load_benchmarks
-
     from tfnas_ray.distributed.cluster import connect
+    from tfnas_ray.metrics.baselines import with_baselines
 
     benchmarks = load_benchmarks()
     if source in benchmarks:

@@ -40,8 +40,9 @@ from tfnas_ray.analysis.search import (
 from tfnas_ray.distributed.scoring import ScoreConfig, ScoreSummary, plan_identity, run_scoring
 from tfnas_ray.errors import TfnasError, checking_input
 from tfnas_ray.lease import hold
+from tfnas_ray.metrics import directions
 from tfnas_ray.metrics.scoring import validate_metrics
-from tfnas_ray.pipeline import check_batch_options, check_output, check_specs, directions
+from tfnas_ray.pipeline import check_batch_options, check_output, check_specs
 from tfnas_ray.spaces import content_id, get_space
 from tfnas_ray.storage import Location
 

@@ -448,7 +448,7 @@ def _correlation_sections(out: Location) -> list[Section]:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     truth_rows = [r for r in truth.to_pylist() if r["target"] == target]
     scores, note = _plan_scores(out.child("scores"), _agrees_with_correlations(truth_rows, rows, target))
-    from tfnas_ray.pipeline import run_baselines
+    from tfnas_ray.analysis.baselines import run_baselines
 
     scores, _ = run_baselines(out.child("scores"), scores)  # as `correlate` added them: from the specs
     columns = _method_columns(scores, [r["arch_id"] for r in truth_rows], metrics)
@@ -497,7 +497,7 @@ def _method_columns(scores: pa.Table, arch_ids: Sequence[str], names: Sequence[s
     """Per metric its mean values; per rank ensemble its merit (mean rank of its members
     on the architectures all of them scored), aligned with `arch_ids`."""
     from tfnas_ray.analysis.ranking import ENSEMBLE_PREFIX, method_merit, parse_method
-    from tfnas_ray.pipeline import directions
+    from tfnas_ray.metrics import directions
 
     singles = [n for n in names if not n.startswith(ENSEMBLE_PREFIX)]
     members = list(dict.fromkeys(m for n in names if n.startswith(ENSEMBLE_PREFIX) for m in parse_method(n).members))
@@ -544,7 +544,7 @@ def _what_each_is(candidates: pa.Table) -> dict[str, str]:
 
 def _search_sections(out: Location) -> list[Section]:
     from tfnas_ray.analysis.ranking import method_merit, parse_method
-    from tfnas_ray.pipeline import directions
+    from tfnas_ray.metrics import directions
 
     candidates = _read("archs", out.child("candidates.parquet"))
     chosen = _read(None, out.child("chosen.parquet"))

@@ -136,6 +136,18 @@ def get_metric(name: str) -> Metric:
     return load_metrics().get(name)
 
 
+def directions() -> dict[str, str]:
+    """{metric: its declared direction ("higher-is-better" / "lower-is-better")} of every
+    registered metric: what the analysis orients merits by."""
+    return {name: metric.direction.value for name, metric in load_metrics().items()}
+
+
+def baseline_metrics() -> list[str]:
+    """Every metric registered as a trivial baseline (metrics/baselines.py), of any space,
+    in registry order."""
+    return [name for name, metric in load_metrics().items() if metric.baseline]
+
+
 def register_metric(
     name: str,
     *,

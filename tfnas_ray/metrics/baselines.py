@@ -331,3 +331,22 @@ def baseline_scores(
         ):
             rows.append({**row, "device": NO_DEVICE})
     return tables.from_rows("scores", rows)
+
+
+def with_baselines(scores, archs, *, batch_options: Mapping[str, Any] | None = None, model_options: Mapping[str, Any] | None = None):
+    """`scores` plus the rows of every baseline of `archs`'s spaces that it lacks,
+    computed from the specs (free: no Ray, no model); and the names of those added.
+
+    Returns:
+        (scores table, [baseline names added, in registry order]).
+    """
+    import pyarrow as pa
+
+    from tfnas_ray import tables
+
+    have = set(scores.column("metric").to_pylist())
+    added = baseline_scores(archs, batch_options=batch_options, model_options=model_options, skip=sorted(have))
+    if not added.num_rows:
+        return scores, []
+    merged = pa.concat_tables([tables.conform("scores", scores), added], promote_options="permissive")
+    return merged, list(dict.fromkeys(added.column("metric").to_pylist()))
