@@ -25,7 +25,7 @@ from tfnas_ray.analysis.correlation import (
 from tfnas_ray.benchmarks import get_benchmark
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics.baselines import baseline_scores
-from tfnas_ray.pipeline import baselines, directions
+from tfnas_ray.metrics import baseline_metrics, directions
 
 RESAMPLES = 300
 
@@ -137,7 +137,7 @@ def test_against_params_on_the_shipped_nb_bert_truth():
     # row is the paired bootstrap on those runs.
     archs, truth = get_benchmark("nb-bert").load()
     scores = baseline_scores(archs, batch_options={"seq_len": 128, "batch_size": 2})
-    table = correlate(scores, truth, config=CorrelationConfig(resamples=200), directions=directions(), targets=["glue"], baselines=baselines(), reference="params")
+    table = correlate(scores, truth, config=CorrelationConfig(resamples=200), directions=directions(), targets=["glue"], baselines=baseline_metrics(), reference="params")
     rows = _rows(table)
     value = {m: {r["arch_id"]: r["value"] for r in scores.to_pylist() if r["metric"] == m} for m in ("num_layers", "params")}
     glue = [(r["arch_id"], r["value"]) for r in truth.to_pylist() if r["target"] == "glue"]

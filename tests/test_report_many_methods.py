@@ -15,7 +15,7 @@ from tfnas_ray import tables
 from tfnas_ray.analysis.aligned import align
 from tfnas_ray.analysis.report import HIGHLIGHTED, build_sections, regret_figure, write_report
 from tfnas_ray.analysis.search_eval import SearchEvalConfig, evaluate_search
-from tfnas_ray.pipeline import directions
+from tfnas_ray.metrics import directions
 
 from test_report import check_drawn, embedded_pngs
 
