@@ -160,6 +160,11 @@ def test_generic_metrics_score_nb_bert_architectures():
     probe = ctx.run_pass("probe")
     assert probe.task == "masked-lm" and probe.capabilities >= {"module", "hidden_states", "lm_loss", "input_embeddings"}
     assert CAPABILITY_METRICS.get("grad_norm").fn(probe) == pytest.approx(values["grad_norm"], rel=1e-5)
+    # The generator head is no part of the architecture: a forward that reads no logits
+    # (latency, forward memory) never runs it, so it never holds the (B, T, V) float32
+    # logits (8 × 32 × 30,522 × 4 bytes = 31.3 MiB; the encoder's own tensors are smaller).
+    B, T, V = probe.forward().output_shape
+    assert values["peak_memory_forward_mb"] < B * T * V * 4 / 2**20 < values["peak_memory_mb"]
 
 
 def test_the_nb_nlp_probe_reads_the_lm_batch_major():

@@ -188,18 +188,35 @@ def _first_tensor(out: Any) -> torch.Tensor:
     raise MetricFailure(f"the model's output ({type(out).__name__}) holds no tensor to score")
 
 
-@dataclass(frozen=True)
 class LMOutput:
     """What a space's probe wrapper returns (metrics/transformer.py, rnn_standard.py):
     the output a Hugging Face LM would give, for models that are not one.
 
-    Attributes:
-        logits: (B, T, V).
+    Arguments:
+        logits: (B, T, V); or give `head` instead, and they are `head(hidden_states[-1])`
+            computed when first read — so a forward whose logits nobody reads (latency,
+            forward memory) runs the model without an LM head that is no part of it
+            (nb-bert's: ELECTRA's generator head, there only for an LM loss).
         hidden_states: per layer read (B, T, H); the last is what `hidden_cov` reads.
     """
 
-    logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
+    def __init__(
+        self,
+        *,
+        logits: torch.Tensor | None = None,
+        hidden_states: tuple[torch.Tensor, ...] | None = None,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if (logits is None) == (head is None) or (head is not None and not hidden_states):
+            raise TfnasError("LMOutput needs logits, or a head and the hidden states it reads")
+        self._logits, self._head = logits, head
+        self.hidden_states = hidden_states
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = self._head(self.hidden_states[-1])  # (B, T, V)
+        return self._logits
 
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -370,13 +387,15 @@ class Probe:
         try:
             with torch.no_grad():
                 out = self.call(model, **self._kwargs(attentions=want_attn, hidden=True))
+                # read here: an `LMOutput`'s lazy logits run its head (hooked, no grad) now
+                output_shape = tuple(_first_tensor(out).shape)
         finally:
             for h in handles:
                 h.remove()
         attentions = getattr(out, "attentions", None) if self.is_hf else None
         hidden = getattr(out, "hidden_states", None)  # HF's, or a space wrapper's `LMOutput`
         result = ForwardPass(
-            output_shape=tuple(_first_tensor(out).shape),
+            output_shape=output_shape,
             attentions=tuple(a.detach() for a in attentions) if attentions else None,
             last_hidden=hidden[-1].detach() if hidden else None,
             naswot_kernel=kernel.cpu().numpy() if distance else None,

@@ -667,7 +667,12 @@ class EncoderLM(nn.Module):
     """An nb-bert encoder with ELECTRA's generator head (`MLMModel`) as the generic
     metrics probe a model: token ids (B, T) (and the padding mask) in, masked-LM logits
     (B, T, V) out, with the last hidden state (B, T, H). The encoder itself returns
-    `NasBertOutput` and has no vocabulary logits."""
+    `NasBertOutput` and has no vocabulary logits.
+
+    The head runs only when the logits are read (`LMOutput(head=…)`): it is no part of
+    the architecture (ELECTRA discards the generator; GLUE fine-tunes the encoder), so
+    latency and forward memory measure the encoder alone; the LM-loss metrics (and
+    `peak_memory_mb`, a training step of that loss) include it."""
 
     takes_attention_mask = True  # the probe passes the batch's mask (`Probe._kwargs`)
 
@@ -681,7 +686,7 @@ class EncoderLM(nn.Module):
         if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:
             attention_mask = None  # a probe's one-sequence call (synflow): no padding to skip
         hidden = self.mlm.encoder(input_ids, attention_mask).last_hidden_state  # (B, T, H)
-        return LMOutput(logits=self.mlm.head(hidden), hidden_states=(hidden,))  # (B, T, V)
+        return LMOutput(head=self.mlm.head, hidden_states=(hidden,))  # logits (B, T, V) when read
 
 
 @register_pass(SPACE, "probe")
