@@ -180,9 +180,11 @@ def test_nb_spaces_keep_their_implementations():
     registry = load_metrics()
     for name in ("params", "naswot", "snip", "head_confidence", "jacob_cov"):
         metric = registry.get(name)
-        assert "hf" in metric.impls
-        assert metric.impls["hf"].fn is not metric.impls.get("nb-bert", metric.impls.get("nb-nlp")).fn
-    assert "hf" not in registry.get("hidden_cov_l2").impls
+        assert metric.impl("hf") is metric.generic  # hf: the generic (capability) implementation
+        for space in ("nb-bert", "nb-nlp"):
+            if space in metric.impls:
+                assert metric.impl(space) is metric.impls[space] and metric.impls[space].fn is not metric.generic.fn
+    assert not registry.get("hidden_cov_l2").applies_to("hf")
 
 
 def test_score_from_python_returns_the_scores_table(ray_cluster, tmp_path):

@@ -203,21 +203,26 @@ def benchmarks() -> None:
 
 @app.command()
 def metrics() -> None:
-    """List the metrics: name, space, declared direction, cost, and what it computes on
-    that space. A `*` marks a name whose formula differs between spaces; `B` a trivial
+    """List the metrics: name, space, what the implementation reads from a model,
+    declared direction, cost, and what it computes on that space. Space `any`: the
+    generic implementation, scored on every space without its own that offers what it
+    reads. A `*` marks a name whose formula differs between spaces; `B` a trivial
     baseline, which every comparison sets the other metrics against."""
-    from tfnas_ray.metrics import load_metrics
+    from tfnas_ray.metrics import ANY_SPACE, load_metrics
 
     for name, metric in load_metrics().items():
         mark = "*" if metric.differs_between_spaces else " "
         kind = "B" if metric.baseline else " "
-        for space, impl in metric.impls.items():
-            typer.echo(f"{name:28s}{mark}{kind} {space:8s} {metric.direction.value:17s} {impl.cost:40s} {metric.formula(space)}")
+        impls = [*metric.impls.items(), *([(ANY_SPACE, metric.generic)] if metric.generic is not None else [])]
+        for space, impl in impls:
+            reads = "+".join(impl.reads)
+            typer.echo(f"{name:28s}{mark}{kind} {space:8s} {reads:36s} {metric.direction.value:17s} {impl.cost:40s} {impl.summary or metric.summary}")
             for protocol, variant in impl.variants.items():
                 if variant.differs:
-                    typer.echo(f"{'':28s}   {space:8s} --protocol {protocol}: {variant.summary}")
+                    typer.echo(f"{'':28s}   {space:8s} --protocol {protocol} (reads {'+'.join(impl.reads_for(protocol))}): {variant.summary}")
     typer.echo("* the same name computes a different formula per space (each line gives its space's); do not compare its values across spaces")
     typer.echo("B a trivial baseline: read from the spec, direction declared a priori (bigger predicts better); `correlate` sets every metric against the best one")
+    typer.echo("any: scored on every space without its own implementation whose models offer what it reads (`tfnas_ray.spaces.CAPABILITIES`)")
 
 
 @app.command()

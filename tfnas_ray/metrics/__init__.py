@@ -6,8 +6,16 @@ model under the seed and caches *passes* — forward/backward computations that 
 metrics read — so metrics scored together share one pass instead of rerunning it.
 
 A metric name can have one implementation per search space (`jacob_cov` exists for RNN
-cells and for transformers); the name is what `--metric` takes and what the scores
-table says.
+cells and for transformers) and one generic implementation, for any space; the name is
+what `--metric` takes and what the scores table says.
+
+Every implementation declares what it reads from a model (`reads`, in the capability
+vocabulary `tfnas_ray.spaces.CAPABILITIES`: the spec alone, any module, a recurrent
+cell's steps, hidden states, attentions, an LM loss, …) and every space what its models
+offer (`Space.capabilities`). `Metric.impl(space)` matches the two: the space's own
+implementation where one is registered (the published values stay exact), else the
+generic one (metrics/capability.py, through the space's `probe` pass) when the space
+offers everything it reads, else one line saying what is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ import torch
 
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.registry import Registry
+from tfnas_ray.spaces import CAPABILITIES, check_capabilities
+
+# The space key of a generic implementation: scored on every space that offers what it reads.
+ANY_SPACE = "any"
 
 
 class Direction(str, enum.Enum):
@@ -57,15 +69,18 @@ class ProtocolVariant:
     fn: Callable[["MetricContext"], float]
     summary: str
     differs: bool = True
+    reads: tuple[str, ...] | None = None  # capabilities; None: those of the released implementation
 
 
 @dataclass(frozen=True)
 class MetricImpl:
-    """One space's implementation of a metric."""
+    """One space's implementation of a metric (or the generic one, `ANY_SPACE`)."""
 
     fn: Callable[["MetricContext"], float]
     needs: tuple[str, ...]  # names of the passes it reads (shared between metrics)
     cost: str  # what it runs, for `tfnas metrics`: "forward", "forward+backward", …
+    # What it reads from the model (`CAPABILITIES`); the space must offer all of it.
+    reads: tuple[str, ...] = ()
     summary: str = ""  # this space's formula: one name may compute different things per space
     # Bumped whenever a change makes this implementation give other values: it enters
     # the identity of score shards (so a rerun recomputes the old values instead of
@@ -78,18 +93,26 @@ class MetricImpl:
         variant = self.variants.get(protocol)
         return variant.fn if variant is not None else self.fn
 
+    def reads_for(self, protocol: str) -> tuple[str, ...]:
+        """What the implementation under `protocol` reads."""
+        variant = self.variants.get(protocol)
+        return variant.reads if variant is not None and variant.reads is not None else self.reads
+
 
 @dataclass
 class Metric:
-    """A metric name with its declared direction and per-space implementations."""
+    """A metric name with its declared direction, its per-space implementations and its
+    generic one."""
 
     name: str
     direction: Direction
     summary: str  # one line: formula and source (of the first space registered)
-    impls: dict[str, MetricImpl] = field(default_factory=dict)
+    impls: dict[str, MetricImpl] = field(default_factory=dict)  # space -> its own implementation
     # A trivial baseline (size, depth, width, FLOPs: metrics/baselines.py): free to score,
     # and what every comparison sets the other metrics against.
     baseline: bool = False
+    # Scored on a space without its own implementation that offers everything it reads.
+    generic: MetricImpl | None = None
 
     def formula(self, space: str) -> str:
         """The formula this metric computes on `space` (its own summary)."""
@@ -100,15 +123,50 @@ class Metric:
         """True when the same name is computed by different formulas on different spaces
         (e.g. `activation_distance`: a log-det over samples for RNNs, a sum over tokens for
         BERT), so its values are not comparable across spaces."""
-        return len({self.formula(space) for space in self.impls}) > 1
+        impls = [*self.impls.values(), *([self.generic] if self.generic is not None else [])]
+        return len({impl.summary or self.summary for impl in impls}) > 1
 
     def impl(self, space: str) -> MetricImpl:
-        if space not in self.impls:
+        """The implementation scored on `space`: its own, else the generic one if the
+        space offers every capability it reads.
+
+        Raises:
+            TfnasError: neither applies (one line: what is read and not offered, or
+                where the metric is defined); an unknown space.
+        """
+        own = self.impls.get(space)
+        if own is not None:
+            return own
+        if self.generic is not None:
+            offered = space_capabilities(space)
+            missing = [c for c in self.generic.reads if c not in offered]
+            if not missing:
+                return self.generic
             raise TfnasError(
-                f"metric {self.name!r} is not defined for space {space!r}; "
-                f"it is defined for: {', '.join(sorted(self.impls))}"
+                f"metric {self.name!r} reads {', '.join(missing)}, which space {space!r} does not offer "
+                f"(it offers: {', '.join(c for c in CAPABILITIES if c in offered)})"
             )
-        return self.impls[space]
+        raise TfnasError(
+            f"metric {self.name!r} is not defined for space {space!r}; "
+            f"it is defined for: {', '.join(sorted(self.impls))}"
+        )
+
+    def applies_to(self, space: str) -> bool:
+        """Whether `impl(space)` gives an implementation."""
+        if space in self.impls:
+            return True
+        return self.generic is not None and set(self.generic.reads) <= space_capabilities(space)
+
+
+def space_capabilities(space: str) -> frozenset[str]:
+    """What the models of registered space `space` offer (`Space.capabilities`).
+
+    Raises:
+        TfnasError: an unknown space (listing the known ones).
+    """
+    from tfnas_ray.spaces import get_space
+
+    return frozenset(get_space(space).capabilities)
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -154,14 +212,18 @@ def register_metric(
     space: str,
     direction: Direction,
     summary: str,
+    reads: Sequence[str] = (),
     needs: Sequence[str] = (),
     cost: str = "",
     version: int = 1,
     baseline: bool = False,
 ) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
-    """Register `fn(ctx) -> float` as the implementation of metric `name` for `space`.
+    """Register `fn(ctx) -> float` as the implementation of metric `name` for `space`
+    (`ANY_SPACE`: the generic implementation, scored on every space without its own that
+    offers what it reads).
 
-    The first registration of a name fixes its direction, summary and whether it is a
+    `reads` (at least one, from `CAPABILITIES`): what the implementation reads from the
+    model — "spec" when the spec alone is read. The first registration of a name fixes its direction, summary and whether it is a
     trivial baseline (`baseline`: read from the spec alone, set against every other
     metric); a later one for another space must declare the same direction and the same
     `baseline`. (name, space) may be registered once.
@@ -187,9 +249,19 @@ def register_metric(
         else:
             metric = Metric(name=name, direction=direction, summary=summary, baseline=baseline)
             METRICS.add(name, metric)
-        if space in metric.impls:
+        if space in metric.impls or (space == ANY_SPACE and metric.generic is not None):
             raise TfnasError(f"metric {name!r} is already registered for space {space!r}")
-        metric.impls[space] = MetricImpl(fn=fn, needs=tuple(needs), cost=cost, summary=summary, version=version)
+        where = f"metric {name!r} for space {space!r}"
+        if not reads:
+            raise TfnasError(f"{where} declares no capability it reads; give reads= from: {', '.join(CAPABILITIES)}")
+        impl = MetricImpl(
+            fn=fn, needs=tuple(needs), cost=cost, summary=summary, version=version,
+            reads=check_capabilities(reads, what=where),
+        )
+        if space == ANY_SPACE:
+            metric.generic = impl
+        else:
+            metric.impls[space] = impl
         return fn
 
     return decorator
@@ -204,18 +276,22 @@ def score_version(impl: MetricImpl) -> str:
 
 
 def register_protocol_variant(
-    name: str, *, space: str, protocol: str, summary: str, differs: bool = True
+    name: str, *, space: str, protocol: str, summary: str, differs: bool = True, reads: Sequence[str] | None = None
 ) -> Callable[[Callable[["MetricContext"], float]], Callable[["MetricContext"], float]]:
     """Register `fn(ctx) -> float` as metric `name`'s computation for `space` under
-    `protocol`; the released implementation must already be registered."""
+    `protocol`; the released implementation must already be registered. `reads`: what
+    the variant reads (`CAPABILITIES`), where it differs from the released one."""
     if protocol not in PROTOCOLS or protocol == RELEASED:
         raise TfnasError(f"protocol {protocol!r}: a variant needs one of {', '.join(p for p in PROTOCOLS if p != RELEASED)}")
 
     def decorator(fn: Callable[["MetricContext"], float]) -> Callable[["MetricContext"], float]:
-        impl = METRICS.get(name).impl(space)
+        impl = METRICS.get(name).impls.get(space)
+        if impl is None:
+            raise TfnasError(f"metric {name!r} has no implementation of its own for space {space!r} to vary")
         if protocol in impl.variants:
             raise TfnasError(f"metric {name!r} already has a {protocol!r} variant for space {space!r}")
-        variants = {**impl.variants, protocol: ProtocolVariant(fn=fn, summary=summary, differs=differs)}
+        variant_reads = None if reads is None else check_capabilities(reads, what=f"metric {name!r} for space {space!r} under {protocol!r}")
+        variants = {**impl.variants, protocol: ProtocolVariant(fn=fn, summary=summary, differs=differs, reads=variant_reads)}
         METRICS.get(name).impls[space] = dataclasses.replace(impl, variants=variants)
         return fn
 

@@ -96,7 +96,7 @@ def _seq_len(ctx: MetricContext) -> int:
     return int(ctx.batch["input_ids"].shape[1])
 
 
-_BERT = dict(space=NB_BERT, direction=Direction.HIGHER, cost=_NONE, baseline=True)
+_BERT = dict(space=NB_BERT, reads=("spec",), direction=Direction.HIGHER, cost=_NONE, baseline=True)
 
 
 @register_metric("num_layers", summary="number of layers (baseline; deeper predicts better)", **_BERT)
@@ -165,7 +165,7 @@ def rnn_flops_per_token(recipe, layer_sizes: Sequence[tuple[int, int]]) -> int:
     return 2 * macs
 
 
-_NLP = dict(space=NB_NLP, direction=Direction.HIGHER, cost=_NONE, baseline=True)
+_NLP = dict(space=NB_NLP, reads=("spec",), direction=Direction.HIGHER, cost=_NONE, baseline=True)
 
 
 @register_metric("cell_nodes", summary="computed nodes of the cell, inputs excluded (baseline)", **_NLP)
@@ -210,7 +210,7 @@ def flops_per_token_rnn(ctx: MetricContext) -> float:
 # `params` and `flops_per_token` are counted from the model (metrics/capability.py).
 
 HF = "hf"
-_HF = dict(space=HF, direction=Direction.HIGHER, cost=_NONE, baseline=True)
+_HF = dict(space=HF, reads=("spec",), direction=Direction.HIGHER, cost=_NONE, baseline=True)
 
 
 def _hf_config(ctx: MetricContext):
@@ -288,7 +288,7 @@ def baseline_names(space: str) -> list[str]:
     """The registered baselines defined for `space`, in registry order."""
     from tfnas_ray.metrics import load_metrics
 
-    return [name for name, metric in load_metrics().items() if metric.baseline and space in metric.impls]
+    return [name for name, metric in load_metrics().items() if metric.baseline and metric.applies_to(space)]
 
 
 def baseline_scores(

@@ -17,12 +17,18 @@ belongs to:
   (next token) or masked (BERT's masking, `transformer.mlm_inputs`): grad_norm, snip,
   fisher, grasp, head importance.
 
+(The vocabulary, with `spec` and `recurrent_steps` — which no probe reads — is
+`tfnas_ray.spaces.CAPABILITIES`.)
+
 A `Probe` holds one model and one batch, finds what the model offers, and caches the
-passes (one forward, one loss backward) that several metrics read. The engine scores
-every metric here on space `hf` (registered per metric as the `hf` implementation, so
-nb-nlp and nb-bert keep their own implementations, values and shard ids);
-`tfnas_ray.api.score_model` scores them on any module. A metric that does not apply to a
-model says why in one line (`Probe.missing`).
+passes (one forward, one loss backward) that several metrics read. Every metric here is
+registered once as its metric's *generic* implementation (`ANY_SPACE`): the engine
+scores it on every space that offers what it reads and has no implementation of its
+own (nb-nlp and nb-bert keep theirs, values and shard ids), through that space's
+`probe` pass — a `Probe` of the space's model on the space's batch (hf: below; nb-bert:
+metrics/transformer.py; nb-nlp: metrics/rnn_standard.py). `tfnas_ray.api.score_model`
+scores them on any module. A metric that does not apply to a model says why in one line
+(`Probe.missing`).
 
 Shapes: B sequences, T tokens, V vocabulary, H hidden width, nh heads.
 """
@@ -42,6 +48,7 @@ from torch import nn
 
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import (
+    ANY_SPACE,
     Direction,
     MetricContext,
     MetricFailure,
@@ -61,7 +68,10 @@ from tfnas_ray.metrics.common import (
 from tfnas_ray.registry import Registry
 
 SPACE = "hf"
-CAPABILITIES = ("module", "activations", "input_embeddings", "hidden_states", "attentions", "lm_loss")
+# The capabilities a probe finds on a model (`Probe.capabilities`); of the vocabulary,
+# `spec` (no model) and `recurrent_steps` (a cell's own recorder) are read by spaces' own
+# implementations only.
+PROBED = ("module", "activations", "input_embeddings", "hidden_states", "attentions", "lm_loss")
 TASKS = ("causal-lm", "masked-lm")
 BATCH_DEFAULTS = {"batch_size": 16, "seq_len": 64}  # small: CPU scorers, tiny families
 LATENCY_WARMUP = 3  # forwards run before timing (allocator, kernels, caches)
@@ -77,7 +87,7 @@ class CapabilityMetric:
 
     Attributes:
         name: the metric's name (as in the scores table).
-        reads: the capabilities it needs (CAPABILITIES).
+        reads: the capabilities it needs (PROBED).
         fn: fn(probe) -> float.
         direction, summary, cost: as for every metric (`tfnas metrics`).
         hardware: a measurement of the device, not a function of the model alone.
@@ -100,11 +110,12 @@ def capability_metric(
     baseline: bool = False,
 ) -> Callable[[Callable[["Probe"], float]], Callable[["Probe"], float]]:
     """Register `fn(probe) -> float` as a capability metric, and as metric `name`'s
-    implementation for space `hf` (it reads the shared `probe` pass). `baseline`: a
-    trivial baseline (size or compute, as `params` and `flops_per_token` are on every space)."""
-    unknown = sorted(set(reads) - set(CAPABILITIES))
+    generic implementation (`ANY_SPACE`: every space that offers `reads` and has none of
+    its own; it reads the space's shared `probe` pass). `baseline`: a trivial baseline
+    (size or compute, as `params` and `flops_per_token` are on every space)."""
+    unknown = sorted(set(reads) - set(PROBED))
     if unknown:
-        raise TfnasError(f"metric {name!r} reads unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
+        raise TfnasError(f"metric {name!r} reads capabilities {unknown} that no probe reads; a probe reads: {', '.join(PROBED)}")
 
     def decorator(fn: Callable[["Probe"], float]) -> Callable[["Probe"], float]:
         metric = CapabilityMetric(name, tuple(reads), fn, direction, summary, cost, hardware)
@@ -118,7 +129,9 @@ def capability_metric(
             return check_finite(fn(probe), name)
 
         on_space.__doc__ = fn.__doc__
-        register_metric(name, space=SPACE, direction=direction, summary=summary, needs=("probe",), cost=cost, baseline=baseline)(on_space)
+        register_metric(
+            name, space=ANY_SPACE, direction=direction, summary=summary, reads=reads, needs=("probe",), cost=cost, baseline=baseline
+        )(on_space)
         return fn
 
     return decorator
@@ -173,6 +186,37 @@ def _first_tensor(out: Any) -> torch.Tensor:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     raise MetricFailure(f"the model's output ({type(out).__name__}) holds no tensor to score")
+
+
+class LMOutput:
+    """What a space's probe wrapper returns (metrics/transformer.py, rnn_standard.py):
+    the output a Hugging Face LM would give, for models that are not one.
+
+    Arguments:
+        logits: (B, T, V); or give `head` instead, and they are `head(hidden_states[-1])`
+            computed when first read — so a forward whose logits nobody reads (latency,
+            forward memory) runs the model without an LM head that is no part of it
+            (nb-bert's: ELECTRA's generator head, there only for an LM loss).
+        hidden_states: per layer read (B, T, H); the last is what `hidden_cov` reads.
+    """
+
+    def __init__(
+        self,
+        *,
+        logits: torch.Tensor | None = None,
+        hidden_states: tuple[torch.Tensor, ...] | None = None,
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if (logits is None) == (head is None) or (head is not None and not hidden_states):
+            raise TfnasError("LMOutput needs logits, or a head and the hidden states it reads")
+        self._logits, self._head = logits, head
+        self.hidden_states = hidden_states
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = self._head(self.hidden_states[-1])  # (B, T, V)
+        return self._logits
 
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -249,6 +293,9 @@ class Probe:
 
     def _kwargs(self, *, attentions: bool, hidden: bool) -> dict:
         if not self.is_hf:
+            # a wrapper that says it takes the padding mask gets it (nb-bert's probe)
+            if self.attention_mask is not None and getattr(self._pristine, "takes_attention_mask", False):
+                return {"attention_mask": self.attention_mask}
             return {}
         kwargs: dict[str, Any] = {"output_hidden_states": hidden}
         if attentions:
@@ -276,7 +323,7 @@ class Probe:
     def capabilities(self) -> frozenset[str]:
         """What this model offers (computed once; runs the forward pass)."""
         if "capabilities" not in self._cache:
-            self._cache["capabilities"] = frozenset(c for c in CAPABILITIES if self._why_not(c) is None)
+            self._cache["capabilities"] = frozenset(c for c in PROBED if self._why_not(c) is None)
         return self._cache["capabilities"]
 
     def _why_not(self, capability: str) -> str | None:
@@ -293,9 +340,11 @@ class Probe:
                 reason = f"{name} returned no attention probabilities with output_attentions=True"
             return reason
         if capability == "hidden_states":
+            if self.forward().last_hidden is not None:
+                return None
             if not self.is_hf:
-                return f"{name} is not a Hugging Face model, so it returns no hidden states"
-            return None if self.forward().last_hidden is not None else f"{name} returned no hidden states"
+                return f"{name} is not a Hugging Face model and its output has no hidden_states, so it returns no hidden states"
+            return f"{name} returned no hidden states"
         if capability == "lm_loss":
             shape = self.forward().output_shape
             vocab = int(self.input_ids.max()) + 1
@@ -338,13 +387,15 @@ class Probe:
         try:
             with torch.no_grad():
                 out = self.call(model, **self._kwargs(attentions=want_attn, hidden=True))
+                # read here: an `LMOutput`'s lazy logits run its head (hooked, no grad) now
+                output_shape = tuple(_first_tensor(out).shape)
         finally:
             for h in handles:
                 h.remove()
         attentions = getattr(out, "attentions", None) if self.is_hf else None
-        hidden = getattr(out, "hidden_states", None) if self.is_hf else None
+        hidden = getattr(out, "hidden_states", None)  # HF's, or a space wrapper's `LMOutput`
         result = ForwardPass(
-            output_shape=tuple(_first_tensor(out).shape),
+            output_shape=output_shape,
             attentions=tuple(a.detach() for a in attentions) if attentions else None,
             last_hidden=hidden[-1].detach() if hidden else None,
             naswot_kernel=kernel.cpu().numpy() if distance else None,

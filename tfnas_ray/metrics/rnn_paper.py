@@ -420,6 +420,7 @@ def _register_hidden_cov(name: str, layer: int) -> None:
     @register_metric(
         name,
         space=SPACE,
+        reads=("recurrent_steps", "hidden_states"),
         direction=Direction.HIGHER,
         summary=f"layer-{layer} hidden covariance: −Σ[log(λ+k)+1/(λ+k)] of corr(h) over units (Serianni & Kalita 2023)",
         needs=("hidden_states",),
@@ -436,6 +437,10 @@ def _register_hidden_cov(name: str, layer: int) -> None:
 
 for _name, _layer in HIDDEN_COV_LAYER.items():
     _register_hidden_cov(_name, _layer)
+
+
+# The Jacobian columns: ∂(Σ y)/∂e through the cell's steps, e the input embeddings.
+_JACOBIAN_READS = ("recurrent_steps", "input_embeddings")
 
 
 def _paper(ctx: MetricContext) -> PaperPasses:
@@ -460,6 +465,7 @@ def _jacobian_scores(passes: PaperPasses, kind: str) -> dict:
 @register_metric(
     "jacob_cov",
     space=SPACE,
+    reads=_JACOBIAN_READS,
     direction=Direction.HIGHER,
     summary="Jacobian covariance: −Σ[log(λ+k)+1/(λ+k)] of corr over samples of ∂(Σy)/∂e (Mellor et al. 2021)",
     needs=("paper",),
@@ -474,6 +480,7 @@ def jacob_cov(ctx: MetricContext) -> float:
 @register_metric(
     "jacobian_cosine",
     space=SPACE,
+    reads=_JACOBIAN_READS,
     direction=Direction.HIGHER,
     summary="Jacobian cosine: 1 − mean over sample pairs of |cos|^(1/20) / 2 (Serianni & Kalita 2023)",
     needs=("paper",),
@@ -490,7 +497,7 @@ def _register_noise(name: str, kind: str, combine: str) -> None:
         "more": "S(J)·S(J₀.₁)·S(J₁₀)·S(J₁₀₀)",
     }[combine] + (" (S = Jacobian covariance)" if kind == "cov" else " (S = Jacobian cosine)")
 
-    @register_metric(name, space=SPACE, direction=Direction.HIGHER, summary=summary, needs=("paper",), cost="paper protocol")
+    @register_metric(name, space=SPACE, reads=_JACOBIAN_READS, direction=Direction.HIGHER, summary=summary, needs=("paper",), cost="paper protocol")
     def metric(ctx: MetricContext) -> float:
         scores = _jacobian_scores(_paper(ctx), kind)
         if combine == "large":
@@ -509,6 +516,7 @@ _register_noise("jacobian_more_noise_cosine", "cos", "more")
 @register_metric(
     "activation_distance",
     space=SPACE,
+    reads=("recurrent_steps", "activations"),
     direction=Direction.HIGHER,
     summary="activation distance: log|det K| of activation codes over passes 1 and 2 (the paper's NASWOT)",
     needs=("paper",),
@@ -523,6 +531,7 @@ def activation_distance(ctx: MetricContext) -> float:
 @register_metric(
     "synaptic_saliency",
     space=SPACE,
+    reads=("recurrent_steps", "module"),
     direction=Direction.HIGHER,
     summary="the paper's synflow: Σ|W⊙∂W| after backward of ½‖y‖² on real data (not Tanaka et al.'s)",
     needs=("paper",),
@@ -538,6 +547,7 @@ def synaptic_saliency(ctx: MetricContext) -> float:
 @register_metric(
     "hidden_saliency",
     space=SPACE,
+    reads=("recurrent_steps", "hidden_states"),
     direction=Direction.HIGHER,
     summary="hidden synaptic saliency: Σ|h⊙∂h| over the hidden states of every pass (Serianni & Kalita 2023)",
     needs=("paper",),
@@ -552,6 +562,7 @@ def hidden_saliency(ctx: MetricContext) -> float:
 @register_metric(
     "params",
     space=SPACE,
+    reads=("spec",),
     direction=Direction.HIGHER,
     baseline=True,
     summary="number of parameters (tied weights once), as NAS-Bench-NLP's num_params",

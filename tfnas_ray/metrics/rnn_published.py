@@ -201,6 +201,7 @@ def _scores(passes: PublishedPass, kind: str) -> dict[float, float]:
 
 @register_protocol_variant(
     "activation_distance", space=SPACE, protocol=PROTOCOL,
+    reads=("recurrent_steps", "activations"),
     summary="log|det K| with K from the Jacobian pass alone (released: passes 1 and 2, +B·log 2)",
 )
 def activation_distance(ctx: MetricContext) -> float:
@@ -209,6 +210,7 @@ def activation_distance(ctx: MetricContext) -> float:
 
 @register_protocol_variant(
     "jacob_cov", space=SPACE, protocol=PROTOCOL,
+    reads=("input_embeddings",),
     summary="covariance score of the embedding output over the 70 steps, not of the Jacobian over samples (cell-independent)",
 )
 def jacob_cov(ctx: MetricContext) -> float:
@@ -217,6 +219,7 @@ def jacob_cov(ctx: MetricContext) -> float:
 
 @register_protocol_variant(
     "jacobian_noise", space=SPACE, protocol=PROTOCOL,
+    reads=("recurrent_steps", "input_embeddings"),
     summary="|S(J) − S(J₁₀)| − 1: the released 1 − |S(J) − S(J₁₀)| negated",
 )
 def jacobian_noise(ctx: MetricContext) -> float:
@@ -226,6 +229,7 @@ def jacobian_noise(ctx: MetricContext) -> float:
 
 @register_protocol_variant(
     "synaptic_saliency", space=SPACE, protocol=PROTOCOL,
+    reads=("recurrent_steps", "module"),
     summary="Σ|W⊙∂W| with the Jacobian pass's gradients (backward of Σy), not the synflow pass's (½‖y‖²)",
 )
 def synaptic_saliency(ctx: MetricContext) -> float:
@@ -234,12 +238,14 @@ def synaptic_saliency(ctx: MetricContext) -> float:
 
 @register_protocol_variant(
     "hidden_saliency", space=SPACE, protocol=PROTOCOL,
+    reads=("recurrent_steps", "hidden_states"),
     summary="Σ|h⊙∂h| over the Jacobian pass's hidden states only (released: every pass)",
 )
 def hidden_saliency(ctx: MetricContext) -> float:
     return _published(ctx).hidden_saliency
 
 
+# The variants below compute the released formula, so they read what it reads (reads=None).
 _SAME = "released computation (its values are the published ones)"
 
 

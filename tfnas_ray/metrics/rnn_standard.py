@@ -24,7 +24,8 @@ NAS-Bench-NLP language model:
 Passes: `loss_grad` (one forward + one backward of L, shared by grad_norm, snip and
 fisher), `grasp` (one forward, a backward with create_graph, a Hessian-vector
 product), `synflow` (one float64 forward + backward on a |θ| copy), `naswot` (one
-forward, no gradient).
+forward, no gradient), and `probe`: the model as the generic metrics read any LM
+(metrics/capability.py: latency, peak memory, the last hidden state's covariance).
 
 Every proxy is also a pure function of (model, tokens, targets) — `grad_norm_score`,
 `snip_score`, `grasp_score`, `fisher_score`, `synflow_score`, `naswot_score` — that
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tfnas_ray.metrics import (
     Direction,
@@ -350,6 +352,39 @@ def naswot_pass(ctx: MetricContext) -> float:
     return naswot_score(ctx.model(), ctx.batch.tokens)
 
 
+class TokenLM(nn.Module):
+    """An nb-nlp language model as the generic metrics probe a model: token ids (B, T),
+    batch-major, in; next-token logits (B, T, V) out, through the tied decoder, from a
+    zero hidden state. The LM itself runs time-major (T, B) with a hidden state.
+
+    Returns a `capability.LMOutput` whose `hidden_states` holds the last layer's output
+    (B, T, E) (its dropout is off in eval mode, as every probe runs)."""
+
+    def __init__(self, lm: NasBenchNlpLM):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor):
+        from tfnas_ray.metrics.capability import LMOutput
+
+        B, T = input_ids.shape
+        output, _ = self.lm(input_ids.T)  # (T·B, E), rows time-major
+        logits = self.lm.decode(output)  # (T·B, V)
+        return LMOutput(
+            logits=logits.reshape(T, B, -1).transpose(0, 1),  # (B, T, V)
+            hidden_states=(output.reshape(T, B, -1).transpose(0, 1),),  # (B, T, E)
+        )
+
+
+@register_pass(SPACE, "probe")
+def probe_pass(ctx: MetricContext):
+    """A `Probe` of the architecture's LM (built under its seed, wrapped by `TokenLM`) on
+    the metric batch read batch-major (B, T), causal-LM task: what the generic metrics read."""
+    from tfnas_ray.metrics.capability import Probe
+
+    return Probe(TokenLM(ctx.model()), ctx.batch.tokens.T.contiguous(), task="causal-lm", device=ctx.device)
+
+
 _LOSS = "nb-nlp: L = mean next-token cross-entropy through the tied decoder"
 _EVERY = "every parameter tensor once"
 
@@ -357,6 +392,7 @@ _EVERY = "every parameter tensor once"
 @register_metric(
     "grad_norm",
     space=SPACE,
+    reads=("lm_loss",),
     direction=Direction.HIGHER,
     summary=f"Σ_W ‖∂L/∂W‖₂ over {_EVERY} (Abdelfattah et al. 2021; {_LOSS})",
     needs=("loss_grad",),
@@ -371,6 +407,7 @@ def grad_norm(ctx: MetricContext) -> float:
 @register_metric(
     "snip",
     space=SPACE,
+    reads=("lm_loss",),
     direction=Direction.HIGHER,
     summary=f"Σ|W⊙∂L/∂W| over {_EVERY} (Lee et al. 2019; {_LOSS})",
     needs=("loss_grad",),
@@ -385,6 +422,7 @@ def snip(ctx: MetricContext) -> float:
 @register_metric(
     "fisher",
     space=SPACE,
+    reads=("lm_loss", "recurrent_steps", "activations"),
     direction=Direction.HIGHER,
     summary=f"Σ_nodes Σ_units ½·mean_b(Σ_t a⊙∂L/∂a)² over activation outputs a (Turner et al. 2020; {_LOSS})",
     needs=("loss_grad",),
@@ -399,6 +437,7 @@ def fisher(ctx: MetricContext) -> float:
 @register_metric(
     "grasp",
     space=SPACE,
+    reads=("lm_loss",),
     direction=Direction.HIGHER,
     summary=f"−Σ W⊙(H g), g = ∂L/∂W, over {_EVERY} (Wang et al. 2020, as zero-cost-nas ranks it; {_LOSS})",
     needs=("grasp",),
@@ -413,6 +452,7 @@ def grasp(ctx: MetricContext) -> float:
 @register_metric(
     "synflow",
     space=SPACE,
+    reads=("module", "input_embeddings"),
     direction=Direction.HIGHER,
     summary="Σ|θ⊙∂R/∂θ| with |θ|, all-ones input, float64, R = Σ output (Tanaka et al. 2020; nb-nlp: R = Σ tied-decoder logits)",
     needs=("synflow",),
@@ -427,6 +467,7 @@ def synflow(ctx: MetricContext) -> float:
 @register_metric(
     "naswot",
     space=SPACE,
+    reads=("recurrent_steps", "activations"),
     direction=Direction.HIGHER,
     summary="log|det K|, K = Hamming agreement of activation codes between samples (Mellor et al. 2021; one pass)",
     needs=("naswot",),

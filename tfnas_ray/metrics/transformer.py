@@ -663,6 +663,44 @@ def synflow_pass(ctx: MetricContext) -> float:
     return float(sum((p.detach() * p.grad).abs().sum() for p in model.parameters() if p.grad is not None))
 
 
+class EncoderLM(nn.Module):
+    """An nb-bert encoder with ELECTRA's generator head (`MLMModel`) as the generic
+    metrics probe a model: token ids (B, T) (and the padding mask) in, masked-LM logits
+    (B, T, V) out, with the last hidden state (B, T, H). The encoder itself returns
+    `NasBertOutput` and has no vocabulary logits.
+
+    The head runs only when the logits are read (`LMOutput(head=…)`): it is no part of
+    the architecture (ELECTRA discards the generator; GLUE fine-tunes the encoder), so
+    latency and forward memory measure the encoder alone; the LM-loss metrics (and
+    `peak_memory_mb`, a training step of that loss) include it."""
+
+    takes_attention_mask = True  # the probe passes the batch's mask (`Probe._kwargs`)
+
+    def __init__(self, mlm: nn.Module):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        from tfnas_ray.metrics.capability import LMOutput
+
+        if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:
+            attention_mask = None  # a probe's one-sequence call (synflow): no padding to skip
+        hidden = self.mlm.encoder(input_ids, attention_mask).last_hidden_state  # (B, T, H)
+        return LMOutput(head=self.mlm.head, hidden_states=(hidden,))  # logits (B, T, V) when read
+
+
+@register_pass(SPACE, "probe")
+def probe_pass(ctx: MetricContext):
+    """A `Probe` of the architecture's encoder with its MLM head (`EncoderLM`; head drawn
+    as the `mlm` pass draws it) on the metric batch, masked-LM task: what the generic
+    metrics read. The probe runs in eval mode; the padding mask applies in "eval" mode
+    only, as in every nb-bert pass."""
+    from tfnas_ray.metrics.capability import Probe
+
+    ids, mask, _ = _inputs(ctx)
+    return Probe(EncoderLM(_with_head(ctx, ctx.model())), ids, mask, task="masked-lm", device=ctx.device)
+
+
 # ---- the paper's columns ---------------------------------------------------------------
 
 
@@ -679,20 +717,20 @@ def _mean(values: tuple[float, ...], what: str) -> float:
 _PAPER = dict(space=SPACE, direction=Direction.HIGHER, needs=("sum_output",), cost="forward+backward")
 
 
-@register_metric("head_importance", summary="Σ|W⊙∂R/∂W| over operation projections, R = Σ output (Michel et al.; paper)", **_PAPER)
+@register_metric("head_importance", reads=("module", "attentions"), summary="Σ|W⊙∂R/∂W| over operation projections, R = Σ output (Michel et al.; paper)", **_PAPER)
 def head_importance(ctx: MetricContext) -> float:
     """Head importance: Σ over each layer's projections (module doc) of Σ|W ⊙ ∂R/∂W|,
     R = Σ output. Weights only. Every operation has projections (LT: its input dense)."""
     return _total(ctx.run_pass("sum_output").head_importance, "head importance")
 
 
-@register_metric("head_importance_normalized", summary="head_importance / number of projections (paper)", **_PAPER)
+@register_metric("head_importance_normalized", reads=("module", "attentions"), summary="head_importance / number of projections (paper)", **_PAPER)
 def head_importance_normalized(ctx: MetricContext) -> float:
     """`head_importance` divided by the number of projection Linear layers."""
     return _mean(ctx.run_pass("sum_output").head_importance, "normalised head importance")
 
 
-@register_metric("head_confidence", summary="Σ over projections of mean(max over sequence of output) (Voita et al.; paper)", **_PAPER)
+@register_metric("head_confidence", reads=("attentions",), summary="Σ over projections of mean(max over sequence of output) (Voita et al.; paper)", **_PAPER)
 def head_confidence(ctx: MetricContext) -> float:
     """Head confidence: for each projection output y (B, T, D), mean over (B, D) of
     max_t y; summed over projections (all operations have them). One deviation: the
@@ -701,13 +739,13 @@ def head_confidence(ctx: MetricContext) -> float:
     return _total(ctx.run_pass("sum_output").head_confidence, "head confidence")
 
 
-@register_metric("head_confidence_normalized", summary="head_confidence / number of projections (paper)", **_PAPER)
+@register_metric("head_confidence_normalized", reads=("attentions",), summary="head_confidence / number of projections (paper)", **_PAPER)
 def head_confidence_normalized(ctx: MetricContext) -> float:
     """`head_confidence` divided by the number of projections."""
     return _mean(ctx.run_pass("sum_output").head_confidence, "normalised head confidence")
 
 
-@register_metric("softmax_confidence", summary="Σ over layers of mean(max over axis 1 of attention scores) (paper)", **_PAPER)
+@register_metric("softmax_confidence", reads=("attentions",), summary="Σ over layers of mean(max over axis 1 of attention scores) (paper)", **_PAPER)
 def softmax_confidence(ctx: MetricContext) -> float:
     """Softmax confidence as the authors computed it: for each layer's scores
     (B, nh, T, ·), `torch.max(scores, 1)` — the max over the *head* axis — then the
@@ -717,26 +755,26 @@ def softmax_confidence(ctx: MetricContext) -> float:
     return _total(ctx.run_pass("sum_output").softmax_confidence, "softmax confidence")
 
 
-@register_metric("softmax_confidence_normalized", summary="softmax_confidence / number of layers (paper)", **_PAPER)
+@register_metric("softmax_confidence_normalized", reads=("attentions",), summary="softmax_confidence / number of layers (paper)", **_PAPER)
 def softmax_confidence_normalized(ctx: MetricContext) -> float:
     """`softmax_confidence` divided by the number of layers (every layer has scores)."""
     return _mean(ctx.run_pass("sum_output").softmax_confidence, "normalised softmax confidence")
 
 
-@register_metric("synaptic_saliency", summary="Σ|W⊙∂R/∂W| over feed-forward Linear layers (Tanaka et al.; paper)", **_PAPER)
+@register_metric("synaptic_saliency", reads=("module",), summary="Σ|W⊙∂R/∂W| over feed-forward Linear layers (Tanaka et al.; paper)", **_PAPER)
 def synaptic_saliency(ctx: MetricContext) -> float:
     """Synaptic saliency of the feed-forward networks: Σ|W ⊙ ∂R/∂W| over every stacked
     intermediate dense and the down-projection of every layer. Independent of the operation."""
     return _total(ctx.run_pass("sum_output").synaptic_saliency, "synaptic saliency")
 
 
-@register_metric("synaptic_saliency_normalized", summary="synaptic_saliency / number of feed-forward Linear layers (paper)", **_PAPER)
+@register_metric("synaptic_saliency_normalized", reads=("module",), summary="synaptic_saliency / number of feed-forward Linear layers (paper)", **_PAPER)
 def synaptic_saliency_normalized(ctx: MetricContext) -> float:
     """`synaptic_saliency` divided by the number of feed-forward Linear layers."""
     return _mean(ctx.run_pass("sum_output").synaptic_saliency, "normalised synaptic saliency")
 
 
-@register_metric("synaptic_diversity", summary="Σ ‖W‖_nuc·‖∂R/∂W‖_nuc over operation Linear layers (Zhou et al.; paper)", **_PAPER)
+@register_metric("synaptic_diversity", reads=("module",), summary="Σ ‖W‖_nuc·‖∂R/∂W‖_nuc over operation Linear layers (Zhou et al.; paper)", **_PAPER)
 def synaptic_diversity(ctx: MetricContext) -> float:
     """Synaptic diversity: Σ over every Linear of each operation and its output block
     of ‖W‖_* · ‖∂R/∂W‖_* (nuclear norms). DSC's convolutions are not Linear and, as in
@@ -744,13 +782,13 @@ def synaptic_diversity(ctx: MetricContext) -> float:
     return _total(ctx.run_pass("sum_output").synaptic_diversity, "synaptic diversity")
 
 
-@register_metric("synaptic_diversity_normalized", summary="synaptic_diversity / number of operation Linear layers (paper)", **_PAPER)
+@register_metric("synaptic_diversity_normalized", reads=("module",), summary="synaptic_diversity / number of operation Linear layers (paper)", **_PAPER)
 def synaptic_diversity_normalized(ctx: MetricContext) -> float:
     """`synaptic_diversity` divided by the number of operation Linear layers."""
     return _mean(ctx.run_pass("sum_output").synaptic_diversity, "normalised synaptic diversity")
 
 
-@register_metric("activation_distance", summary="Σ over FFN activations of Σ_ij[c cᵀ + (1−c)(1−c)ᵀ], first sequence (Mellor et al.; paper)", **_PAPER)
+@register_metric("activation_distance", reads=("activations",), summary="Σ over FFN activations of Σ_ij[c cᵀ + (1−c)(1−c)ᵀ], first sequence (Mellor et al.; paper)", **_PAPER)
 def activation_distance(ctx: MetricContext) -> float:
     """Activation distance as the authors computed it: for each feed-forward GELU output
     of the first sequence, codes c = 1[y > 0] (T, F), K = c cᵀ + (1−c)(1−c)ᵀ (T × T,
@@ -760,7 +798,7 @@ def activation_distance(ctx: MetricContext) -> float:
     return _total(ctx.run_pass("sum_output").activation_distance, "activation distance")
 
 
-@register_metric("activation_distance_normalized", summary="activation_distance / number of activations (paper)", **_PAPER)
+@register_metric("activation_distance_normalized", reads=("activations",), summary="activation_distance / number of activations (paper)", **_PAPER)
 def activation_distance_normalized(ctx: MetricContext) -> float:
     """`activation_distance` divided by the number of feed-forward activations (Σ num_feed_forward)."""
     return _mean(ctx.run_pass("sum_output").activation_distance, "normalised activation distance")
@@ -781,7 +819,7 @@ def jacobian_covariance_score(rows: np.ndarray, *, k: float = JACOB_K) -> float:
         return check_finite(-np.sum(np.log(eigenvalues + k) + 1.0 / (eigenvalues + k)), "jacob_cov")
 
 
-@register_metric("jacob_cov", summary="−Σ[log(λ+k)+1/(λ+k)] of corrcoef of ∂R/∂(position embeddings), per embedding dim (paper)", **_PAPER)
+@register_metric("jacob_cov", reads=("module", "input_embeddings"), summary="−Σ[log(λ+k)+1/(λ+k)] of corrcoef of ∂R/∂(position embeddings), per embedding dim (paper)", **_PAPER)
 def jacob_cov(ctx: MetricContext) -> float:
     """Jacobian covariance as the authors computed it: J = ∂R/∂P for the position
     embedding table P, R = Σ output, restricted to the T positions used (the authors'
@@ -794,6 +832,7 @@ def jacob_cov(ctx: MetricContext) -> float:
 @register_metric(
     "params",
     space=SPACE,
+    reads=("spec",),
     direction=Direction.HIGHER,
     baseline=True,
     summary="number of parameters, embeddings included",
@@ -816,40 +855,40 @@ def params(ctx: MetricContext) -> float:
 _MLM = dict(space=SPACE, direction=Direction.HIGHER, needs=("mlm",), cost="forward+backward (MLM loss)")
 
 
-@register_metric("head_importance_mlm", summary="Σ|W⊙∂L/∂W| over operation projections, L = MLM loss of the generator head (corrected head_importance)", **_MLM)
+@register_metric("head_importance_mlm", reads=("lm_loss", "attentions"), summary="Σ|W⊙∂L/∂W| over operation projections, L = MLM loss of the generator head (corrected head_importance)", **_MLM)
 def head_importance_mlm(ctx: MetricContext) -> float:
     """`head_importance` with the MLM loss L in place of the degenerate R = Σ output."""
     return _total(ctx.run_pass("mlm").head_importance, "head importance (MLM)")
 
 
-@register_metric("head_importance_mlm_normalized", summary="head_importance_mlm / number of projections", **_MLM)
+@register_metric("head_importance_mlm_normalized", reads=("lm_loss", "attentions"), summary="head_importance_mlm / number of projections", **_MLM)
 def head_importance_mlm_normalized(ctx: MetricContext) -> float:
     return _mean(ctx.run_pass("mlm").head_importance, "normalised head importance (MLM)")
 
 
-@register_metric("synaptic_saliency_mlm", summary="Σ|W⊙∂L/∂W| over feed-forward Linear layers, L = MLM loss (corrected synaptic_saliency)", **_MLM)
+@register_metric("synaptic_saliency_mlm", reads=("lm_loss",), summary="Σ|W⊙∂L/∂W| over feed-forward Linear layers, L = MLM loss (corrected synaptic_saliency)", **_MLM)
 def synaptic_saliency_mlm(ctx: MetricContext) -> float:
     """`synaptic_saliency` with the MLM loss L."""
     return _total(ctx.run_pass("mlm").synaptic_saliency, "synaptic saliency (MLM)")
 
 
-@register_metric("synaptic_saliency_mlm_normalized", summary="synaptic_saliency_mlm / number of feed-forward Linear layers", **_MLM)
+@register_metric("synaptic_saliency_mlm_normalized", reads=("lm_loss",), summary="synaptic_saliency_mlm / number of feed-forward Linear layers", **_MLM)
 def synaptic_saliency_mlm_normalized(ctx: MetricContext) -> float:
     return _mean(ctx.run_pass("mlm").synaptic_saliency, "normalised synaptic saliency (MLM)")
 
 
-@register_metric("synaptic_diversity_mlm", summary="Σ ‖W‖_nuc·‖∂L/∂W‖_nuc over operation Linear layers, L = MLM loss (corrected synaptic_diversity)", **_MLM)
+@register_metric("synaptic_diversity_mlm", reads=("lm_loss",), summary="Σ ‖W‖_nuc·‖∂L/∂W‖_nuc over operation Linear layers, L = MLM loss (corrected synaptic_diversity)", **_MLM)
 def synaptic_diversity_mlm(ctx: MetricContext) -> float:
     """`synaptic_diversity` with the MLM loss L."""
     return _total(ctx.run_pass("mlm").synaptic_diversity, "synaptic diversity (MLM)")
 
 
-@register_metric("synaptic_diversity_mlm_normalized", summary="synaptic_diversity_mlm / number of operation Linear layers", **_MLM)
+@register_metric("synaptic_diversity_mlm_normalized", reads=("lm_loss",), summary="synaptic_diversity_mlm / number of operation Linear layers", **_MLM)
 def synaptic_diversity_mlm_normalized(ctx: MetricContext) -> float:
     return _mean(ctx.run_pass("mlm").synaptic_diversity, "normalised synaptic diversity (MLM)")
 
 
-@register_metric("jacob_cov_mlm", summary="−Σ[log(λ+k)+1/(λ+k)] of corrcoef of ∂L/∂(position embeddings), L = MLM loss (corrected jacob_cov)", **_MLM)
+@register_metric("jacob_cov_mlm", reads=("lm_loss", "input_embeddings"), summary="−Σ[log(λ+k)+1/(λ+k)] of corrcoef of ∂L/∂(position embeddings), L = MLM loss (corrected jacob_cov)", **_MLM)
 def jacob_cov_mlm(ctx: MetricContext) -> float:
     """`jacob_cov` (the paper's Jacobian score) on ∂L/∂P of the MLM loss."""
     return jacobian_covariance_score(ctx.run_pass("mlm").position_gradient.T)
@@ -859,7 +898,7 @@ def jacob_cov_mlm(ctx: MetricContext) -> float:
 
 
 # version 2: L was Σ output (degenerate under the last LayerNorm), now the MLM loss
-@register_metric("grad_norm", summary="Σ_θ ‖∂L/∂θ‖₂ over every parameter, L = MLM loss of the generator head (Abdelfattah et al.)", version=2, **_MLM)
+@register_metric("grad_norm", reads=("lm_loss",), summary="Σ_θ ‖∂L/∂θ‖₂ over every parameter, L = MLM loss of the generator head (Abdelfattah et al.)", version=2, **_MLM)
 def grad_norm(ctx: MetricContext) -> float:
     """Σ over every parameter tensor (encoder and MLM head, the tied embedding once) of
     the L2 norm of ∂L/∂θ, L the MLM loss (module doc)."""
@@ -867,13 +906,13 @@ def grad_norm(ctx: MetricContext) -> float:
 
 
 # version 2: as grad_norm, the MLM loss instead of Σ output
-@register_metric("snip", summary="Σ|θ⊙∂L/∂θ| over every parameter, L = MLM loss (Lee et al.)", version=2, **_MLM)
+@register_metric("snip", reads=("lm_loss",), summary="Σ|θ⊙∂L/∂θ| over every parameter, L = MLM loss (Lee et al.)", version=2, **_MLM)
 def snip(ctx: MetricContext) -> float:
     """Σ over every parameter of |θ ⊙ ∂L/∂θ|, L the MLM loss."""
     return check_finite(ctx.run_pass("mlm").snip, "snip")
 
 
-@register_metric("fisher", summary="Σ over FFN activations and units of ½·mean_b(Σ_t a⊙∂L/∂a)², L = MLM loss (Theis et al.; Turner et al.)", **_MLM)
+@register_metric("fisher", reads=("lm_loss", "activations"), summary="Σ over FFN activations and units of ½·mean_b(Σ_t a⊙∂L/∂a)², L = MLM loss (Theis et al.; Turner et al.)", **_MLM)
 def fisher(ctx: MetricContext) -> float:
     """Fisher, as zero-cost-nas: for each feed-forward GELU output a (B, T, F),
     g = Σ_t a ⊙ ∂L/∂a (B, F), score Σ_units ½·mean_b g², summed over activations."""
@@ -883,6 +922,7 @@ def fisher(ctx: MetricContext) -> float:
 @register_metric(
     "grasp",
     space=SPACE,
+    reads=("lm_loss",),
     direction=Direction.HIGHER,
     summary="−Σ θ⊙(H g), g = ∂L/∂θ, every parameter, L = MLM loss (Wang et al., as zero-cost-nas ranks it)",
     needs=("grasp",),
@@ -896,6 +936,7 @@ def grasp(ctx: MetricContext) -> float:
 @register_metric(
     "synflow",
     space=SPACE,
+    reads=("module", "input_embeddings"),
     direction=Direction.HIGHER,
     summary="Σ|θ⊙∂R/∂θ| with |θ|, all-ones input, float64, R = Σ output (Tanaka et al.)",
     needs=("synflow",),
@@ -908,7 +949,7 @@ def synflow(ctx: MetricContext) -> float:
     return check_finite(ctx.run_pass("synflow"), "synflow")
 
 
-@register_metric("naswot", summary="log|det K|, K = Hamming agreement of GELU codes between sequences (Mellor et al.)", **_PAPER)
+@register_metric("naswot", reads=("activations",), summary="log|det K|, K = Hamming agreement of GELU codes between sequences (Mellor et al.)", **_PAPER)
 def naswot(ctx: MetricContext) -> float:
     """NASWOT: c_b = 1[y > 0] over every feed-forward GELU output of sequence b
     (flattened over tokens and units); K = Σ_layers [c cᵀ + (1−c)(1−c)ᵀ] (B × B);

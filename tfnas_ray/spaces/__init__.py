@@ -15,12 +15,42 @@ import torch
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.registry import Registry
 
+# What a metric may read, and a space's models may offer: the one vocabulary both sides
+# name (a space declares `capabilities`, a metric implementation `reads`, and the engine
+# scores a metric on a space when the first holds the second).
+CAPABILITIES: dict[str, str] = {
+    "spec": "the architecture's spec alone, no model (counts, shapes, FLOPs from the config)",
+    "module": "any torch module mapping token ids (B, T) to a tensor: params, FLOPs, latency, memory, synflow",
+    "activations": "activation functions inside the model (GELU, ReLU, a cell's tanh nodes)",
+    "input_embeddings": "an embedding the token ids go through, differentiable at its output",
+    "recurrent_steps": "a recurrent cell stepped token by token (its per-step states and nodes)",
+    "hidden_states": "per-layer hidden states of the tokens",
+    "attentions": "attention probabilities (or an operation's attention scores) per layer and head",
+    "lm_loss": "language-model logits (B, T, V), so a causal or masked LM loss",
+}
+
+
+def check_capabilities(names, *, what: str) -> tuple[str, ...]:
+    """`names` as a tuple, each a known capability.
+
+    Raises:
+        TfnasError: an unknown one; the message names `what` and lists the known ones.
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in names if n not in CAPABILITIES]
+    if unknown:
+        raise TfnasError(f"{what}: unknown capabilit{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; known: {', '.join(CAPABILITIES)}")
+    return names
+
 
 @runtime_checkable
 class Space(Protocol):
     """What every search space provides (see nasbench_nlp and nasbench_bert)."""
 
     name: str
+    # What its models offer to metrics (`CAPABILITIES`): a metric without this space's own
+    # implementation is scored through the generic one when it reads only these.
+    capabilities: frozenset[str]
 
     def canonicalize(self, spec: Any) -> str:
         """Validate `spec` (a dict or JSON string) and return its canonical JSON.

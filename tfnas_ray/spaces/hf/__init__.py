@@ -467,6 +467,10 @@ class HfSpace:
     family (`load_family`), since the space file says what to draw from."""
 
     name = NAME
+    # What every family built from config offers (eager attention, so probabilities;
+    # hidden states; an LM head). A family that lacks one at run time is told so per
+    # model by the metrics' probe, never scored on a guess.
+    capabilities = frozenset({"spec", "module", "activations", "input_embeddings", "hidden_states", "attentions", "lm_loss"})
 
     def parse(self, spec: Any) -> HfSpec:
         return HfSpec.parse(spec)

@@ -25,6 +25,10 @@ class NasBertSpace:
     """The `nb-bert` search space (implements `tfnas_ray.spaces.Space`)."""
 
     name = "nb-bert"
+    # ELECTRA-style encoders: GELU feed-forward stacks, word and position embeddings,
+    # per-layer attention scores (SA, DSC; LT's softmax transform), and an LM loss through
+    # ELECTRA's generator head (the metrics' `mlm` and `probe` passes add it).
+    capabilities = frozenset({"spec", "module", "activations", "input_embeddings", "hidden_states", "attentions", "lm_loss"})
 
     def parse(self, spec: Any) -> NasBertConfig:
         """Parse and check a spec against the published space.

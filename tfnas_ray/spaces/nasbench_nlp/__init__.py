@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.spaces import SPACES, content_id, draw_distinct
@@ -30,6 +30,11 @@ class NasBenchNlpSpace:
     """NAS-Bench-NLP cells inside the AWD-style language model it trained."""
 
     name: str = SPACE_NAME
+    # AWD-style LMs: a recurrent cell stepped token by token (its states, its tanh/sigmoid
+    # nodes), a tied embedding/decoder, so next-token logits. No attention.
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"spec", "module", "recurrent_steps", "activations", "input_embeddings", "hidden_states", "lm_loss"}
+    )
 
     def parse(self, spec: Any) -> Recipe:
         return parse_recipe(spec)
