@@ -17,6 +17,7 @@ from tfnas_ray.analysis.search_eval import (
     format_search_eval,
     pool_outcomes,
 )
+from tfnas_ray.analysis.ranking import parse_method
 from tfnas_ray.errors import TfnasError
 from tfnas_ray.metrics import Direction
 
@@ -261,32 +262,101 @@ def test_each_method_says_how_many_architectures_it_could_score():
     assert "scored" in text.splitlines()[3] and "2.5–97.5% of pools" in text
 
 
-def test_paired_regret_difference_against_the_best_baseline():
-    from scipy import stats
+def _bootstrap_by_hand(data, names, directions, size, keep, config):
+    """Mean regret per replicate, one replicate at a time with `pool_outcomes` (the
+    stable sort): resample the architectures with replacement, draw the pools from the
+    resample, as `evaluate_search`'s bootstrap stream does (one draw of all resamples,
+    then all pools: one chunk at these sizes)."""
+    n = len(data.arch_ids)
+    rng = np.random.default_rng([config.seed, 1])
+    resample = rng.integers(0, n, size=(config.replicates, n))
+    slots = draw_pools(n, size, config.replicates * config.replicate_pools, rng).reshape(config.replicates, config.replicate_pools, size)
+    means = {m: [] for m in names}
+    for replicate in range(config.replicates):
+        pools = resample[replicate][slots[replicate]]
+        for m in names:
+            means[m].append(pool_outcomes(data.columns[m], data.quality, pools, [keep])[keep]["regret"].mean())
+    return {m: np.asarray(v) for m, v in means.items()}
 
+
+def test_regret_difference_against_the_best_baseline_with_its_bootstrap_interval():
     rng = np.random.default_rng(12)
     quality = rng.normal(size=60)
     columns = {"params": quality + rng.normal(size=60), "layers": quality + 2 * rng.normal(size=60), "good": quality + 0.3 * rng.normal(size=60), "noise": rng.normal(size=60)}
+    # Coarse values: ties inside pools, broken by pool order in both implementations.
+    columns["layers"] = np.round(columns["layers"])
     directions = {m: "higher-is-better" for m in columns}
     data = _aligned(quality, columns)
-    config = SearchEvalConfig(pools=300, pool_sizes=(20,), keeps=(1, 3), seed=2)
+    config = SearchEvalConfig(pools=300, pool_sizes=(20,), keeps=(1, 3), seed=2, replicates=120, replicate_pools=40)
     table = evaluate_search(data, list(columns), directions, config, baselines=["params", "layers"])
     pools = draw_pools(60, 20, 300, np.random.default_rng(2))
     for keep in (1, 3):
         regret = {m: pool_outcomes(columns[m], data.quality, pools, [keep])[keep]["regret"] for m in columns}
         best_baseline = min(("params", "layers"), key=lambda m: regret[m].mean())
+        replicated = _bootstrap_by_hand(data, list(columns), directions, 20, keep, config)
         for method in columns:
             row = _row(table, method, 20, keep)
             assert row["reference"] == best_baseline
             assert row["regret_diff"] == pytest.approx((regret[method] - regret[best_baseline]).mean(), abs=1e-12)
-            if method != best_baseline:
-                # Known answer: scipy's paired t-test interval of the mean difference.
-                ci = stats.ttest_rel(regret[method], regret[best_baseline]).confidence_interval(0.95)
-                assert (row["regret_diff_lo"], row["regret_diff_hi"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+            # The 2.5% and 97.5% quantiles of the replicates' paired differences.
+            lo, hi = np.quantile(replicated[method] - replicated[best_baseline], [0.025, 0.975])
+            assert (row["regret_diff_lo"], row["regret_diff_hi"]) == pytest.approx((lo, hi), abs=1e-12)
     text = format_search_eval(table)
+    assert "[95% paired bootstrap over architectures]" in text
     assert "do not beat the best baseline" in text and "noise" in text.split("do not beat the best baseline")[1].splitlines()[0]
     # Without flags, `params` is the reference; a named reference must be evaluated.
     default = evaluate_search(data, ["params", "good"], directions, SearchEvalConfig(pools=50, pool_sizes=(20,), keeps=(1,)))
     assert {r["reference"] for r in default.to_pylist()} == {"params"}
     with pytest.raises(TfnasError, match="--reference 'flops' is not one of the evaluated methods: params, good"):
         evaluate_search(data, ["params", "good"], directions, SearchEvalConfig(pools=5), reference="flops")
+    with pytest.raises(TfnasError, match="--replicates must be >= 1, got 0"):
+        SearchEvalConfig(replicates=0)
+
+
+def test_kept_best_orders_exactly_like_the_stable_sort():
+    from tfnas_ray.analysis.search_eval import kept_best
+
+    rng = np.random.default_rng(13)
+    quality = rng.normal(size=(500, 12))
+    # Few distinct values, NaNs and -inf: ties everywhere, broken by pool position.
+    merit = rng.integers(0, 4, size=(500, 12)).astype(float)
+    merit[rng.random((500, 12)) < 0.2] = np.nan
+    merit[rng.random((500, 12)) < 0.05] = -np.inf
+    for keep in (1, 3, 12):
+        order = np.argsort(-np.where(np.isnan(merit), -np.inf, merit), axis=1, kind="stable")[:, :keep]
+        np.testing.assert_array_equal(kept_best(merit, quality, [keep])[keep], np.take_along_axis(quality, order, axis=1).max(axis=1))
+
+
+def test_the_bootstrap_matches_its_exact_distribution_over_every_resample():
+    """P = n = 5, K = 1: a replicate's regret is fixed by its resample (every pool is the
+    whole resample; copies tie in truth), so its distribution follows by enumerating all
+    5^5 resamples, each of probability 5^-5."""
+    from tfnas_ray.analysis.search_eval import bootstrap_mean_regrets
+
+    quality = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    columns = {"good": np.array([0.0, 1.0, 2.0, 4.0, 3.0]), "bad": np.array([4.0, 3.0, 2.0, 1.0, 0.0])}
+    directions = {m: "higher-is-better" for m in columns}
+    data = _aligned(quality, columns)
+    exact: dict[float, float] = {}
+    for resample in itertools.product(range(5), repeat=5):
+        members = np.array(resample)
+        best = quality[members].max()
+        diff = (best - quality[members[np.argmax(columns["good"][members])]]) - (best - quality[members[np.argmax(columns["bad"][members])]])
+        exact[diff] = exact.get(diff, 0.0) + 5.0**-5
+    replicates = 4000
+    parsed = {m: parse_method(m) for m in columns}
+    means = bootstrap_mean_regrets(data, parsed, directions, 5, [1], replicates=replicates, pools=3, rng=np.random.default_rng(0))
+    drawn = means["good"][1] - means["bad"][1]
+    assert set(np.unique(drawn)) <= set(exact)
+    for value, probability in exact.items():
+        # 5 binomial standard errors: a false alarm has chance < 1e-5 per value.
+        assert (drawn == value).mean() == pytest.approx(probability, abs=5 * np.sqrt(probability * (1 - probability) / replicates) + 1e-12)
+    # The interval is the quantiles of that distribution: atoms well inside the CDF.
+    cdf = np.cumsum([exact[v] for v in sorted(exact)])
+    lo_exact = sorted(exact)[int(np.searchsorted(cdf, 0.025))]
+    hi_exact = sorted(exact)[int(np.searchsorted(cdf, 0.975))]
+    table = evaluate_search(data, list(columns), directions, SearchEvalConfig(pools=10, pool_sizes=(5,), keeps=(1,), replicates=replicates, replicate_pools=3), reference="bad")
+    row = _row(table, "good", 5, 1)
+    assert row["regret_diff"] == -3.0  # on the benchmark itself: good picks quality 3 (regret 1), bad picks 0 (regret 4)
+    assert (row["regret_diff_lo"], row["regret_diff_hi"]) == (lo_exact, hi_exact)
+    assert lo_exact < hi_exact  # P = n, yet the interval has width: the benchmark is a sample
