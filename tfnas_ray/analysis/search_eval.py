@@ -316,6 +316,7 @@ def evaluate_search(
                 {
                     "pools": f"{config.pools} pools per pool size, uniform samples without replacement, numpy default_rng({config.seed})",
                     "architectures": n,
+                    "replicates": config.replicates,
                     "target_direction": data.direction.value,
                     "regret": "pool's best truth minus the best truth among the K picks, target units, >= 0; mean over pools",
                     "regret_interval": "2.5% and 97.5% quantiles of the per-pool regret (spread of outcomes, not a CI of the mean)",
@@ -372,7 +373,8 @@ def format_search_eval(table: pa.Table) -> str:
     lines = []
     meta = json.loads((table.schema.metadata or {}).get(b"tfnas.conventions", b"{}"))
     if meta:
-        lines += [f"{meta['architectures']} architectures; {meta['pools'].split(',')[0]}; regret in {target} units, {meta['target_direction']}", ""]
+        replicates = f"; Δ regret intervals from {meta['replicates']} bootstrap replicates" if "replicates" in meta else ""
+        lines += [f"{meta['architectures']} architectures; {meta['pools'].split(',')[0]}{replicates}; regret in {target} units, {meta['target_direction']}", ""]
     groups: dict[tuple[int, int], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["pool_size"], row["keep"]), []).append(row)
