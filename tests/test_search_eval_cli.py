@@ -54,6 +54,8 @@ def test_bad_sources_and_options_are_one_line_errors(run_dir, tmp_path):
     assert result.exit_code == 1 and "--pool-size 41 exceeds the 40 architectures" in result.output
     result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--target", "num_params"])
     assert result.exit_code == 1 and "target 'num_params' has no known direction" in result.output
+    result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--replicates", "0"])
+    assert result.exit_code == 1 and "--replicates must be >= 1, got 0" in result.output
 
 
 def test_evaluate_search_on_a_benchmark_scores_it_then_reuses_the_scores(ray_cluster, tmp_path):
@@ -79,7 +81,7 @@ def test_ensemble_and_evaluate_search_compare_with_params_as_the_baseline(run_di
     assert "Δτ vs best baseline" in result.output and "best baseline" in result.output
     result = CliRunner().invoke(app, ["evaluate-search", str(run_dir), "--pools", "200", "--pool-size", "20", "--keep", "1"])
     assert result.exit_code == 0, result.output
-    assert "Δ regret vs params [paired 95% CI]" in result.output
+    assert "Δ regret vs params [95% paired bootstrap over architectures]" in result.output
     assert "do not beat the best baseline params (paired interval not below 0): head_confidence" in result.output
 
 
@@ -90,4 +92,4 @@ def test_evaluate_search_takes_a_reference_and_evaluates_it_too(run_dir, tmp_pat
     rows = tables.read_table("search_eval", out).to_pylist()
     assert {r["method"] for r in rows} == {"oracle", "params", "head_confidence", "random"}
     assert {r["reference"] for r in rows} == {"head_confidence"}
-    assert "Δ regret vs head_confidence [paired 95% CI]" in result.output
+    assert "Δ regret vs head_confidence [95% paired bootstrap over architectures]" in result.output

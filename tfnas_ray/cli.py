@@ -538,7 +538,8 @@ def evaluate_search(
     pools: Annotated[int, typer.Option(help="Monte-Carlo pools per pool size")] = 1000,
     pool_size: Annotated[Optional[list[int]], typer.Option("--pool-size", help="architectures per pool (repeat; default: 100 and the whole benchmark)")] = None,
     keep: Annotated[Optional[list[int]], typer.Option("--keep", help="architectures kept per pool (repeat; default: 1 and 10)")] = None,
-    pool_seed: Annotated[int, typer.Option(help="seed of the pools")] = 0,
+    pool_seed: Annotated[int, typer.Option(help="seed of the pools and of the bootstrap")] = 0,
+    replicates: Annotated[int, typer.Option(help="bootstrap replicates over architectures behind each Δ regret interval")] = 200,
     reference: Annotated[Optional[str], typer.Option(help="method every other is compared with, pool by pool (default: the best baseline, e.g. params)")] = None,
     out: Annotated[Optional[str], typer.Option(help="search_eval table to write (default: search_eval.parquet beside the scores)")] = None,
     dir: RunDir = None,
@@ -560,7 +561,7 @@ def evaluate_search(
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import evaluate_search_run
 
-    search = SearchEvalConfig(pools=pools, pool_sizes=tuple(pool_size or ()), keeps=tuple(keep or (1, 10)), seed=pool_seed)
+    search = SearchEvalConfig(pools=pools, pool_sizes=tuple(pool_size or ()), keeps=tuple(keep or (1, 10)), seed=pool_seed, replicates=replicates)
     try:
         result = evaluate_search_run(
             source,
