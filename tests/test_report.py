@@ -316,7 +316,7 @@ def test_metric_values_spanning_orders_of_magnitude_get_a_symlog_axis(shared_dat
 def test_the_regret_section_says_what_its_spread_is_and_who_does_not_beat_the_baseline(reproduce_dir):
     section = next(s for s in build_sections(reproduce_dir) if s.heading.startswith("Search evaluation"))
     assert "regret, mean [2.5–97.5% of pools]" in section.table_html and "[95%]" not in section.table_html
-    assert "Δ regret vs best baseline [paired 95% CI]" in section.table_html and "scored" in section.table_html
+    assert "Δ regret vs reference [95% paired bootstrap over architectures]" in section.table_html and "scored" in section.table_html
     table = tables.read_table("search_eval", reproduce_dir / "search_eval.parquet")
     rows = [r for r in table.to_pylist() if r["method"] == "hidden_cov"]
     assert {r["reference"] for r in rows} == {"params"}

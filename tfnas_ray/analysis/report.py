@@ -619,7 +619,7 @@ def _regret_sections(out: Location) -> list[Section]:
 
     table = _html_table(
         ["method", "pool size", "keep", "scored", "regret, mean [2.5–97.5% of pools]", "percentile", "top-10% overlap", "target"]
-        + (["Δ regret vs best baseline [paired 95% CI]", "beats the baseline"] if compared else []),
+        + (["Δ regret vs reference [95% paired bootstrap over architectures]", "beats the reference"] if compared else []),
         [
             [r["method"], r["pool_size"], r["keep"], "–" if r.get("scored") is None else r["scored"],
              f"{_fmt(r['regret'], '.3f')} [{_fmt(r['regret_lo'], '.3f')}, {_fmt(r['regret_hi'], '.3f')}]",
