@@ -42,3 +42,26 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def benchmark_run(tmp_path):
+    """`run(name, n)`: the first `n` archs of shipped benchmark `name` and their truth rows
+    written into `tmp_path` as `reproduce` lays them out (archs.parquet, truth.parquet and
+    an empty scores/); returns (archs, truth)."""
+    import numpy as np
+
+    from tfnas_ray import tables
+    from tfnas_ray.benchmarks import get_benchmark
+
+    def run(name: str, n: int):
+        archs, truth = get_benchmark(name).load()
+        archs = archs.slice(0, n)
+        ids = set(archs.column("arch_id").to_pylist())
+        truth = truth.filter(np.array([a in ids for a in truth.column("arch_id").to_pylist()]))
+        tables.write_table("archs", archs, tmp_path / "archs.parquet")
+        tables.write_table("truth", truth, tmp_path / "truth.parquet")
+        (tmp_path / "scores").mkdir()
+        return archs, truth
+
+    return run

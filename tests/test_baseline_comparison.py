@@ -209,17 +209,11 @@ def test_correlate_cli_computes_the_baselines_from_the_archs_beside_the_scores(t
     assert "best baseline" in result.output
 
 
-def test_an_ensemble_may_take_a_baseline_as_a_member_and_chooses_it_nested(tmp_path):
+def test_an_ensemble_may_take_a_baseline_as_a_member_and_chooses_it_nested(tmp_path, benchmark_run):
     from tfnas_ray.analysis.ensemble import EnsembleConfig
     from tfnas_ray.pipeline import ensemble_run
 
-    archs, truth = get_benchmark("nb-bert").load()
-    archs = archs.slice(0, 100)
-    ids = set(archs.column("arch_id").to_pylist())
-    truth = truth.filter(np.array([a in ids for a in truth.column("arch_id").to_pylist()]))
-    tables.write_table("archs", archs, tmp_path / "archs.parquet")
-    tables.write_table("truth", truth, tmp_path / "truth.parquet")
-    (tmp_path / "scores").mkdir()
+    archs, truth = benchmark_run("nb-bert", 100)
     rng = np.random.default_rng(0)
     scored = tables.from_rows(
         "scores",

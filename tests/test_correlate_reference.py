@@ -155,25 +155,19 @@ def test_against_params_on_the_shipped_nb_bert_truth():
     assert rows["params"]["verdict"] is None and math.isnan(rows["params"]["tau_minus_baseline"] or math.nan)
 
 
-def _ptb_run(tmp_path):
+def _ptb_run(tmp_path, benchmark_run):
     """40 published PTB cells beside a scores directory of one noise metric, as
     `reproduce` lays them out (the baselines come from archs.parquet)."""
-    archs, truth = get_benchmark("nb-nlp-ptb").load()
-    archs = archs.slice(0, 40)
-    ids = set(archs.column("arch_id").to_pylist())
-    truth = truth.filter(np.array([a in ids for a in truth.column("arch_id").to_pylist()]))
-    tables.write_table("archs", archs, tmp_path / "archs.parquet")
-    tables.write_table("truth", truth, tmp_path / "truth.parquet")
-    (tmp_path / "scores").mkdir()
+    archs, _ = benchmark_run("nb-nlp-ptb", 40)
     noise = np.random.default_rng(0).normal(size=archs.num_rows)
     scored = tables.from_rows("scores", [{"arch_id": a, "metric": "hidden_cov", "value": float(v)} for a, v in zip(archs.column("arch_id").to_pylist(), noise)])
     tables.write_table("scores", scored, tmp_path / "scores" / "part-0.parquet")
 
 
-def test_correlate_cli_sets_every_metric_against_the_reference(tmp_path):
+def test_correlate_cli_sets_every_metric_against_the_reference(tmp_path, benchmark_run):
     from tfnas_ray.cli import app
 
-    _ptb_run(tmp_path)
+    _ptb_run(tmp_path, benchmark_run)
     out = tmp_path / "correlations.parquet"
     args = ["correlate", str(tmp_path / "scores"), str(tmp_path / "truth.parquet"), "--out", str(out), "--resamples", "100"]
     result = CliRunner().invoke(app, args + ["-m", "hidden_cov", "--reference", "cell_depth"])
@@ -184,10 +178,10 @@ def test_correlate_cli_sets_every_metric_against_the_reference(tmp_path):
     assert "Δτ vs cell_depth [95% CI], verdict" in result.output and "test_loss: reference cell_depth" in result.output
 
 
-def test_correlate_cli_refuses_an_unknown_reference_in_one_line_before_any_work(tmp_path):
+def test_correlate_cli_refuses_an_unknown_reference_in_one_line_before_any_work(tmp_path, benchmark_run):
     from tfnas_ray.cli import app
 
-    _ptb_run(tmp_path)
+    _ptb_run(tmp_path, benchmark_run)
     out = tmp_path / "correlations.parquet"
     result = CliRunner().invoke(app, ["correlate", str(tmp_path / "scores"), str(tmp_path / "truth.parquet"), "--out", str(out), "--reference", "decoder_params"])
     assert result.exit_code == 2, result.output

@@ -102,11 +102,13 @@ def test_naswot_and_activation_distance_by_hand():
 
 
 def test_latency_is_positive_and_stable_within_a_factor():
-    model, batch = gpt2(), ids()
-    first = score_model(model, batch, metrics=["latency_ms"])["latency_ms"]
-    second = score_model(model, batch, metrics=["latency_ms"])["latency_ms"]
-    assert first > 0 and second > 0
-    assert 1 / 20 < first / second < 20  # a measurement: never a timed assertion
+    # A few milliseconds a forward (a sub-millisecond toy is at the mercy of the
+    # scheduler's time slice on a loaded 2-core machine: one run measured 44x another),
+    # and three measurements of which two must agree: one descheduled run may not fail it.
+    model, batch = gpt2(n_embd=64, n_inner=128), ids(B=16, T=16)
+    runs = sorted(score_model(model, batch, metrics=["latency_ms"])["latency_ms"] for _ in range(3))
+    assert runs[0] > 0
+    assert runs[1] / runs[0] < 20  # a measurement: never a timed assertion
 
 
 # ---- what applies --------------------------------------------------------------------
