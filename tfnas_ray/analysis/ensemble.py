@@ -427,7 +427,7 @@ def format_ensemble(result: EnsembleResult) -> str:
             else:
                 d = fold_difference(o, reference, result.folds)
                 vs = f"{d.mean:+8.3f} [{d.lo:+7.3f}, {d.hi:+7.3f}]{'':3s}  "
-                if not d.positive:
+                if not d.positive and not any(o is p for p in free_pair):  # these two answer their own question, below
                     behind.append(o.name)
         lines.append(f"{o.name:40s} {o.tau_mean:+8.3f} ± {tau_sd:6.3f}  {o.rho_mean:+8.3f} ± {rho_sd:6.3f}  {vs}{o.final}")
     lines.append("")
