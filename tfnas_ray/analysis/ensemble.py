@@ -302,7 +302,8 @@ def cross_validate(
     procedures = [(ensemble_label, ensembles), ("best single metric", scorer.singles)]
     if baseline_rows.any():
         procedures.append(("best baseline", baseline_rows))
-    if free_rows.any() and not free_rows.all():
+    free_vs_metric = bool(free_rows.any() and not free_rows.all())  # baselines and training-free metrics both take part
+    if free_vs_metric:
         free_size = min(size, int(baseline_rows.sum()))
         procedures += [(f"best free ensemble (1..{free_size} baselines)", free_rows), (f"best with a training-free metric (1..{size})", ~free_rows)]
 
@@ -336,9 +337,8 @@ def cross_validate(
             rhos.append(rho)
         outcomes.append(CvOutcome(name, chosen, taus, rhos, final=finals[p].name))
     free = with_metric = None
-    if len(procedures) == 5:
-        free, with_metric = outcomes[3:]
-        del outcomes[3:]
+    if free_vs_metric:  # the last two procedures
+        with_metric, free = outcomes.pop(), outcomes.pop()
     reference = outcomes.pop() if baseline_rows.any() else None
     outcomes += evaluate_fixed(data, directions, folds, fixed)
     return EnsembleResult(
