@@ -279,3 +279,86 @@ def test_an_ensemble_among_the_metrics_to_choose_from_is_refused_up_front():
         check_choice_metrics(["a", "ensemble:a+b"])
     check_choice_metrics(["a", "b"])
     check_choice_metrics(None)
+
+
+# ---- does a training-free metric add to the free baselines? -------------------------------
+
+
+def _free_or_not(signal: bool, seed: int, n: int = 250):
+    """`n` architectures; baselines `size` and `depth` (a noisier view of `size`); one
+    training-free `metric`. With `signal`, truth = size + metric + small noise: the metric
+    carries half of truth that no baseline sees. Without, the metric is pure noise and
+    truth = size + depth + small noise (free already gets nearly all of it)."""
+    rng = np.random.default_rng(seed)
+    size, metric, extra = rng.normal(size=(3, n))
+    depth = size + extra
+    quality = size + metric + 0.1 * rng.normal(size=n) if signal else size + depth + 0.1 * rng.normal(size=n)
+    columns = {"size": size, "depth": depth, "metric": metric}
+    return _aligned(quality, columns), {m: "higher-is-better" for m in columns}
+
+
+# Why the outcome is certain, not just likely (250 architectures, 5 folds of 50, max 2
+# members; checked over seeds 0–199 when the test was written, the test runs 3 of them):
+# - signal: size alone has corr 1/√2 with truth, τ = (2/π)·arcsin(1/√2) = 0.50 (Greiner's
+#   relation); the rank mean of size and metric has corr ≈ 0.98, τ ≈ 0.85: Δτ ≈ +0.35. On
+#   50 held-out architectures per-fold Δτ varies with sd ≈ 0.065, so the corrected
+#   half-width is ≈ 2.78 · 0.065 · √(1/5 + 1/4) ≈ 0.12. Over the 200 seeds: Δτ from +0.28
+#   to +0.46, the interval's low end ≥ +0.108 in every one. (With 100 architectures 22
+#   of 200 seeds missed: too few to be sure.)
+# - noise: every candidate the second procedure may pick holds the noise metric, at
+#   weight ≥ 1/3 of the rank mean, while size+depth has τ ≈ 0.85. Over the 200 seeds:
+#   Δτ from −0.33 to −0.23, the interval's high end ≤ −0.126 in every one.
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_metric_with_signal_beyond_the_baselines_adds_to_the_free_ensemble(seed):
+    from tfnas_ray.analysis.ensemble import fold_difference
+
+    data, directions = _free_or_not(True, seed)
+    result = cross_validate(data, directions, EnsembleConfig(folds=5, max_members=2), baselines=["size", "depth"])
+    free, with_metric = result.free, result.with_metric
+    assert free.name == "best free ensemble (1..2 baselines)" and with_metric.name == "best with a training-free metric (1..2)"
+    # Nested like the others: each fold's choice obeys its restriction, its τ is held out.
+    for outcome, allowed in ((free, lambda members: members <= {"size", "depth"}), (with_metric, lambda members: "metric" in members)):
+        for fold, name, tau in zip(result.folds, outcome.chosen, outcome.tau):
+            method = parse_method(name)
+            assert allowed(set(method.members)), (outcome.name, name)
+            values = method_merit(method, {m: data.columns[m][fold] for m in method.members}, directions)
+            assert tau == stats.kendalltau(values, data.quality[fold], variant="b").statistic
+    added = result.metric_over_free
+    assert added == fold_difference(with_metric, free, result.folds)
+    assert added.positive and added.mean > 0.2
+    assert set(parse_method(with_metric.final).members) == {"size", "metric"}
+    text = format_ensemble(result)
+    assert (
+        f"a training-free metric adds to the free baselines: best with a training-free metric (1..2) ({with_metric.tau_mean:+.3f}; "
+        f"{with_metric.final} on all architectures) vs best free ensemble (1..2 baselines) ({free.tau_mean:+.3f}; {free.final}): "
+        f"Δτ {added.mean:+.3f} [{added.lo:+.3f}, {added.hi:+.3f}], corrected paired t over the 5 folds"
+    ) in text
+    assert "best free ensemble (1..2 baselines) " in text and "  best with a training-free metric (1..2): " in text  # table row, per-fold choices
+    # The verdict against the best baseline keeps to the procedures and fixed methods it
+    # always named (the free ensemble is made of baselines; it is judged against metrics).
+    (verdict,) = [line for line in text.splitlines() if "the best baseline (" in line or "beats the best baseline" in line]
+    assert "free ensemble" not in verdict and "training-free metric" not in verdict
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_noise_metric_does_not_add_to_the_free_ensemble(seed):
+    data, directions = _free_or_not(False, seed)
+    result = cross_validate(data, directions, EnsembleConfig(folds=5, max_members=2), baselines=["size", "depth"])
+    assert set(parse_method(result.free.final).members) == {"size", "depth"}
+    assert all("metric" in parse_method(name).members for name in result.with_metric.chosen)
+    added = result.metric_over_free
+    assert added.negative and added.mean < -0.15
+    text = format_ensemble(result)
+    assert "no training-free metric adds to the free baselines (Δτ interval not above 0): best with a training-free metric (1..2) (" in text
+    assert "a training-free metric adds" not in text
+
+
+def test_the_free_comparison_needs_baselines_and_metrics_both():
+    rng = np.random.default_rng(5)
+    quality = rng.normal(size=60)
+    columns = {"size": quality + rng.normal(size=60), "depth": quality + rng.normal(size=60)}
+    directions = {m: "higher-is-better" for m in columns}
+    for baselines in (["size", "depth"], []):  # only baselines; only training-free metrics
+        result = cross_validate(_aligned(quality, columns), directions, EnsembleConfig(folds=5, max_members=2), baselines=baselines)
+        assert result.free is None and result.with_metric is None and result.metric_over_free is None
+        assert "free baselines" not in format_ensemble(result)

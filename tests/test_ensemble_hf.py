@@ -128,6 +128,13 @@ def test_ensemble_takes_an_hf_run_with_its_baselines_nested(hf_run, ensemble_res
         merit = (stats.rankdata(columns["head_confidence"][test]) + 2 * stats.rankdata(columns["decoder_params"][test])) / 3
         assert fixed.tau[f] == pytest.approx(_tau(merit, quality[test]), abs=1e-12)
 
+    # Free: every member a baseline; with a training-free metric: some member scored.
+    from tfnas_ray.analysis.ranking import parse_method
+
+    assert all(set(parse_method(name).members) <= set(hf_baselines) for name in result.free.chosen)
+    assert all(set(parse_method(name).members) & set(SCORED) for name in result.with_metric.chosen)
+    assert result.metric_over_free == fold_difference(result.with_metric, result.free, result.folds)
+
     # Every outcome is set against the best baseline, fold by fold.
     assert result.reference is not None and result.reference.name == "best baseline"
     for outcome in result.outcomes:
@@ -147,10 +154,14 @@ def test_the_ensemble_command_prints_the_hf_run(hf_run, ensemble_result):
     assert all(b in baselines for b in ("num_layers", "hidden_size", "decoder_params"))
     assert "Δτ vs best baseline" in output
     rows = {line.split("  ")[0].strip(): line for line in lines if line.startswith(("best ", FIXED))}
-    assert set(rows) == {"best ensemble (2..2 metrics)", "best single metric", "best baseline", f"{FIXED} (fixed)"}
+    assert set(rows) == {
+        "best ensemble (2..2 metrics)", "best single metric", "best free ensemble (1..2 baselines)", "best with a training-free metric (1..2)",
+        "best baseline", f"{FIXED} (fixed)",
+    }
     assert "(the reference)" in rows["best baseline"]
     assert all("[" in rows[name] and "]" in rows[name] for name in rows if name != "best baseline")  # a Δτ interval each
     assert lines[-1].startswith(("do not beat the best baseline (", "every procedure and method beats the best baseline"))
+    assert lines[-2].startswith(("a training-free metric adds to the free baselines: ", "no training-free metric adds to the free baselines ("))
 
     # Too few architectures for the default 5 folds: one line, exit 1.
     refused = CliRunner().invoke(app, ["ensemble", str(hf_run), "--no-progress"])

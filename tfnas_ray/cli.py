@@ -613,7 +613,8 @@ def ensemble(
 ) -> None:
     """Choose a rank ensemble of metrics (members and weights) by k-fold cross-validation
     over architectures; print out-of-fold Kendall τ and Spearman ρ only, for the best
-    ensemble and the best single metric."""
+    ensemble and the best single metric, and whether a training-free metric adds to the
+    free baselines."""
     from tfnas_ray.analysis.ensemble import EnsembleConfig, format_ensemble
     from tfnas_ray.distributed.scoring import ScoringInterrupted
     from tfnas_ray.pipeline import ensemble_run

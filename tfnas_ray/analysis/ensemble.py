@@ -25,7 +25,11 @@ Comparisons are paired over the same held-out folds (`fold_difference`: per-fold
 differences, corrected resampled t interval). The best ensemble wins over the best single
 metric only when that interval excludes 0; where trivial baselines take part (metrics
 flagged baseline, else `params`), "best baseline" is cross-validated like the others and
-every outcome is set against it.
+every outcome is set against it. Where training-free metrics take part too, two more
+procedures restrict the same candidates: "best free ensemble" (every member a baseline,
+a single baseline included) and "best with a training-free metric" (at least one member
+not a baseline); the second set against the first answers whether any training-free
+metric adds to what the baselines give for free.
 """
 
 from __future__ import annotations
@@ -222,6 +226,19 @@ class EnsembleResult:
     outcomes: list[CvOutcome] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)  # baseline metrics taking part
     reference: CvOutcome | None = None  # "best baseline", chosen on the training folds like the others
+    # Where baselines and training-free metrics both take part: "best free ensemble" (every
+    # member a baseline) and "best with a training-free metric" (some member not one),
+    # chosen on the training folds like the others.
+    free: CvOutcome | None = None
+    with_metric: CvOutcome | None = None
+
+    @property
+    def metric_over_free(self) -> FoldDifference | None:
+        """τ of "best with a training-free metric" minus "best free ensemble", fold by fold
+        (`fold_difference`): a metric adds to the free baselines when `.positive`."""
+        if self.free is None or self.with_metric is None:
+            return None
+        return fold_difference(self.with_metric, self.free, self.folds)
 
 
 def _held_out(method: Method, data: Aligned, rows: np.ndarray, directions) -> tuple[float, float]:
@@ -246,7 +263,10 @@ def cross_validate(
 
     Where baseline metrics take part, "choose the best baseline" is cross-validated the
     same way (chosen among the baselines on the training folds) and every outcome is
-    compared with it fold by fold (`fold_difference`).
+    compared with it fold by fold (`fold_difference`). Where training-free metrics take
+    part too, "best free ensemble" (members all baselines) and "best with a training-free
+    metric" (some member not a baseline) are cross-validated the same way
+    (`EnsembleResult.free`, `.with_metric`, `.metric_over_free`).
 
     Args:
         baselines: the trivial baselines (default `ranking.baseline_candidates`: metrics
@@ -276,34 +296,55 @@ def cross_validate(
 
     found = baseline_candidates(metrics) if baselines is None else list(baselines)
     baseline_rows = np.array([m.name in found and not m.is_ensemble for m in methods])
-
-    def choose(rows: np.ndarray, singles_only: bool | None) -> Method:
-        allowed = baseline_rows if singles_only is None else scorer.singles if singles_only else ensembles
-        taus = kendall_tau_b_many(scorer.merits(rows)[allowed], data.quality[rows])
-        taus = np.where(np.isnan(taus), -np.inf, taus)
-        return [m for m, a in zip(methods, allowed) if a][int(np.argmax(taus))]  # first of the best: simplest
-
-    outcomes = []
+    free_rows = np.array([all(member in found for member in m.members) for m in methods])  # singles included
     size = min(config.max_members, len(metrics))
     ensemble_label = f"best ensemble (2..{size} metrics)" if size >= 2 else "best ensemble (one metric only)"
-    procedures = [(ensemble_label, False), ("best single metric", True)]
+    procedures = [(ensemble_label, ensembles), ("best single metric", scorer.singles)]
     if baseline_rows.any():
-        procedures.append(("best baseline", None))
-    for name, singles_only in procedures:
+        procedures.append(("best baseline", baseline_rows))
+    free_vs_metric = bool(free_rows.any() and not free_rows.all())  # baselines and training-free metrics both take part
+    if free_vs_metric:
+        free_size = min(size, int(baseline_rows.sum()))
+        procedures += [(f"best free ensemble (1..{free_size} baselines)", free_rows), (f"best with a training-free metric (1..{size})", ~free_rows)]
+
+    def best_per_procedure(rows: np.ndarray) -> list[Method]:
+        """Per procedure, the candidate it allows with the highest τ on `rows`, the first
+        of equals (the simplest; NaN never wins). One τ per candidate serves every
+        procedure: each only restricts the candidates."""
+        allowed_any = np.any([allowed for _, allowed in procedures], axis=0)
+        taus = np.full(len(methods), -np.inf)
+        computed = kendall_tau_b_many(scorer.merits(rows)[allowed_any], data.quality[rows])
+        taus[allowed_any] = np.where(np.isnan(computed), -np.inf, computed)
+        out = []
+        for _, allowed in procedures:
+            index = np.flatnonzero(allowed)
+            out.append(methods[int(index[np.argmax(taus[index])])])
+        return out
+
+    per_fold = []
+    for f, test in enumerate(folds):
+        train = np.sort(np.concatenate([g for h, g in enumerate(folds) if h != f]))
+        per_fold.append(best_per_procedure(train))
+    finals = best_per_procedure(kept)
+    outcomes = []
+    for p, (name, _) in enumerate(procedures):
         chosen, taus, rhos = [], [], []
         for f, test in enumerate(folds):
-            train = np.sort(np.concatenate([g for h, g in enumerate(folds) if h != f]))
-            method = choose(train, singles_only)
+            method = per_fold[f][p]
             tau, rho = _held_out(method, data, test, directions)
             chosen.append(method.name)
             taus.append(tau)
             rhos.append(rho)
-        outcomes.append(CvOutcome(name, chosen, taus, rhos, final=choose(kept, singles_only).name))
+        outcomes.append(CvOutcome(name, chosen, taus, rhos, final=finals[p].name))
+    free = with_metric = None
+    if free_vs_metric:  # the last two procedures
+        with_metric, free = outcomes.pop(), outcomes.pop()
     reference = outcomes.pop() if baseline_rows.any() else None
     outcomes += evaluate_fixed(data, directions, folds, fixed)
     return EnsembleResult(
         target=data.target, n=int(kept.size), metrics=metrics, dropped=dropped, candidates=len(methods), folds=folds, kept=kept,
         outcomes=outcomes, baselines=[m.name for m, b in zip(methods, baseline_rows) if b], reference=reference,
+        free=free, with_metric=with_metric,
     )
 
 
@@ -372,7 +413,8 @@ def format_ensemble(result: EnsembleResult) -> str:
             f"baselines: {', '.join(result.baselines)}; Δτ: per-fold τ minus the best baseline's (chosen among them on the "
             "training folds), mean [95% corrected paired t interval, Nadeau & Bengio 2003]"
         )
-    rows = result.outcomes + ([reference] if reference is not None else [])
+    free_pair = [result.free, result.with_metric] if result.free is not None and result.with_metric is not None else []
+    rows = result.outcomes + free_pair + ([reference] if reference is not None else [])
     header = f"{'procedure / method':40s} {'τ out-of-fold':>18s} {'ρ out-of-fold':>18s}  " + (f"{'Δτ vs best baseline':>28s}  " if reference else "") + "picked on all architectures"
     lines += [header, "-" * len(header)]
     behind = []
@@ -385,12 +427,12 @@ def format_ensemble(result: EnsembleResult) -> str:
             else:
                 d = fold_difference(o, reference, result.folds)
                 vs = f"{d.mean:+8.3f} [{d.lo:+7.3f}, {d.hi:+7.3f}]{'':3s}  "
-                if not d.positive:
+                if not d.positive and not any(o is p for p in free_pair):  # these two answer their own question, below
                     behind.append(o.name)
         lines.append(f"{o.name:40s} {o.tau_mean:+8.3f} ± {tau_sd:6.3f}  {o.rho_mean:+8.3f} ± {rho_sd:6.3f}  {vs}{o.final}")
     lines.append("")
     lines.append("chosen per fold (on the other folds):")
-    for o in result.outcomes[:2] + ([reference] if reference is not None else []):
+    for o in result.outcomes[:2] + free_pair + ([reference] if reference is not None else []):
         lines.append(f"  {o.name}: " + "; ".join(f"{c} (τ {t:+.3f})" for c, t in zip(o.chosen, o.tau)))
     ensemble, single = result.outcomes[:2]
     d = fold_difference(ensemble, single, result.folds)
@@ -400,6 +442,17 @@ def format_ensemble(result: EnsembleResult) -> str:
         lines.append(f"winner, out-of-fold τ: {best.name} ({best.tau_mean:+.3f} vs {other.tau_mean:+.3f}; {interval})")
     else:
         lines.append(f"no clear winner between {ensemble.name} ({ensemble.tau_mean:+.3f}) and {single.name} ({single.tau_mean:+.3f}): {interval} includes 0")
+    added = result.metric_over_free
+    if added is not None:
+        free, with_metric = free_pair
+        versus = (
+            f"{with_metric.name} ({with_metric.tau_mean:+.3f}; {with_metric.final} on all architectures) vs {free.name} "
+            f"({free.tau_mean:+.3f}; {free.final}): Δτ {added.mean:+.3f} [{added.lo:+.3f}, {added.hi:+.3f}], corrected paired t over the {k} folds"
+        )
+        if added.positive:
+            lines.append(f"a training-free metric adds to the free baselines: {versus}")
+        else:
+            lines.append(f"no training-free metric adds to the free baselines (Δτ interval not above 0): {versus}")
     if reference is not None:
         if behind:
             lines.append(f"do not beat the best baseline ({reference.final} on all architectures; Δτ interval not above 0): {', '.join(behind)}")
