@@ -20,7 +20,7 @@ def documented_commands() -> list[tuple[str, str]]:
     """(document, command line) for each `tfnas` line in code or inline code."""
     found = []
     for document in DOCUMENTS:
-        text = document.read_text()
+        text = re.sub(r"\\\n[ \t]*", " ", document.read_text())  # a shell line continued with a backslash
         prose = re.sub(r"```.*?```", "", text, flags=re.S)
         candidates = re.findall(r"`([^`\n]*(?:\n[^`\n]*){0,3})`", prose)  # inline code, may wrap
         candidates += re.findall(r"^(?:    |#   |  entrypoint: )(.*)$", text, flags=re.M)  # code lines, YAML comments
