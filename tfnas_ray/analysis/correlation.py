@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -176,6 +176,18 @@ def check_reference(reference: str, available) -> None:
         raise TfnasError(
             f"{what} not among the scored metrics and baselines; available: {', '.join(have) or '(none)'} (or ensemble:a+b of them)"
         )
+
+
+def compared_with(row: Mapping) -> str | None:
+    """What a correlations row was set against: the reference given to `correlate`, else
+    the best baseline of its target (tables written before `reference` name only that)."""
+    return row.get("reference") or row.get("baseline")
+
+
+def given_reference(rows: Sequence[Mapping]) -> str | None:
+    """The reference given to `correlate` (`--reference`), None where every row was set
+    against the best baseline chosen per target."""
+    return next((r["reference"] for r in rows if r.get("reference") and r["reference"] != r.get("baseline")), None)
 
 
 def verdict(lo: float, hi: float) -> str | None:
@@ -523,22 +535,18 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
     def num(v, width=6):
         return f"{v:+.{width - 3}f}" if v is not None and v == v else "nan".rjust(width)
 
-    def against(r) -> str | None:  # what the row was set against (tables before `reference`: the baseline)
-        return r.get("reference") or r.get("baseline")
-
-    # A reference given to `correlate` (not the best baseline chosen per target).
-    given = next((r["reference"] for r in rows if r.get("reference") and r["reference"] != r.get("baseline")), None)
+    given = given_reference(rows)
 
     def versus(r) -> str:
-        if against(r) is None:
+        if compared_with(r) is None:
             return ""
-        if r["metric"] == against(r):
+        if r["metric"] == compared_with(r):
             return "reference" if given else "best baseline"
         if r.get("tau_minus_baseline") is None or r["tau_minus_baseline"] != r["tau_minus_baseline"]:
             return "-"
         return f"{num(r['tau_minus_baseline'])} [{num(r.get('diff_lo'))}, {num(r.get('diff_hi'))}] {r.get('verdict') or ''}"
 
-    compared = any(against(r) is not None for r in rows)
+    compared = any(compared_with(r) is not None for r in rows)
     versus_header = f"Δτ vs {given} [95% CI], verdict" if given else "Δτ vs best baseline [95% CI], verdict"
     header = (
         f"{'B':1s} {'metric':28s} {'target':16s} {'n':>5s}  {'τ':>6s} [{'95% CI':^15s}]  {'ρ':>6s} [{'95% CI':^15s}]  {'r':>6s}  "
@@ -558,7 +566,7 @@ def format_correlations(table: pa.Table, *, sort_by_abs_tau: bool = True) -> str
     elif any(r.get("is_baseline") for r in rows):
         lines.append("B: a trivial baseline (tfnas metrics); Δτ: oriented τ (> 0 ranks like the truth) minus the best baseline's, same architectures, paired bootstrap")
     for target in target_order:
-        of_target = [r for r in rows if r["target"] == target and against(r) is not None]
+        of_target = [r for r in rows if r["target"] == target and compared_with(r) is not None]
         if not of_target:
             continue
 

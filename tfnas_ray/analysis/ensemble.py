@@ -322,7 +322,7 @@ def cross_validate(
         return out
 
     per_fold = []
-    for f, test in enumerate(folds):
+    for f in range(len(folds)):
         train = np.sort(np.concatenate([g for h, g in enumerate(folds) if h != f]))
         per_fold.append(best_per_procedure(train))
     finals = best_per_procedure(kept)

@@ -157,9 +157,10 @@ def tau_bar_figure(rows: Sequence[dict], target: str) -> ReportFigure:
     errors = np.nan_to_num(np.vstack([tau - lo, hi - tau]), nan=0.0)
     figure, axes = _figure((6.4, max(2.4, 0.35 * len(rows) + 1.2)))
     positions = np.arange(len(rows))
-    # What the verdicts compare with (tables written before `reference` name the baseline).
-    best_baseline = next((r.get("reference") or r.get("baseline") for r in rows if r.get("reference") or r.get("baseline")), None)
-    given = best_baseline is not None and best_baseline != next((r.get("baseline") for r in rows if r.get("baseline")), None)
+    from tfnas_ray.analysis.correlation import compared_with, given_reference
+
+    best_baseline = next((compared_with(r) for r in rows if compared_with(r)), None)  # what the verdicts compare with
+    given = given_reference(rows) is not None
     if best_baseline is None:
         axes.barh(positions, np.nan_to_num(tau), xerr=errors, capsize=3, color="tab:blue")
     else:
@@ -459,24 +460,23 @@ def _correlation_sections(out: Location) -> list[Section]:
     compared = any(r.get("verdict") is not None or r.get("is_baseline") for r in rows)
     header = ["metric", "target", "n", "Kendall τ [95%]", "Spearman ρ [95%]", "Pearson r"]
 
-    def against(r: dict) -> str | None:  # the reference given to `correlate`, else the best baseline
-        return r.get("reference") or r.get("baseline")
+    from tfnas_ray.analysis.correlation import compared_with, given_reference
 
-    given = next((r["reference"] for r in rows if r.get("reference") and r["reference"] != r.get("baseline")), None)
+    given = given_reference(rows)
     if compared:
         header += [f"τ − {given}'s [paired 95%]", f"against {given}"] if given else ["τ − best baseline's [paired 95%]", "against the best baseline"]
     table = _html_table(
         header,
         [
             [r["metric"], r["target"], r["n"], _interval(r["kendall_tau"], r["kendall_lo"], r["kendall_hi"]), _interval(r["spearman_rho"], r["spearman_lo"], r["spearman_hi"]), _fmt(r["pearson_r"], "+.3f")]
-            + ([("(baseline)" if r.get("is_baseline") else "") + (f" {against(r)}: " if against(r) else "") + _interval(r.get("tau_minus_baseline"), r.get("diff_lo"), r.get("diff_hi")), r.get("verdict") or "–"] if compared else [])
+            + ([("(baseline)" if r.get("is_baseline") else "") + (f" {compared_with(r)}: " if compared_with(r) else "") + _interval(r.get("tau_minus_baseline"), r.get("diff_lo"), r.get("diff_hi")), r.get("verdict") or "–"] if compared else [])
             for r in rows
         ],
     )
     sentences = [note] if note else []
     if compared:
         for t in dict.fromkeys(r["target"] for r in rows):
-            baseline = next((against(r) for r in rows if r["target"] == t and against(r)), None)
+            baseline = next((compared_with(r) for r in rows if r["target"] == t and compared_with(r)), None)
             if baseline is None:
                 continue
             mine = [r for r in rows if r["target"] == t and not r.get("is_baseline") and r["metric"] != baseline]
